@@ -255,7 +255,11 @@ def _statements(text: str) -> tuple[Statement, ...]:
 
 
 def _relocate(err: RuleSyntaxError, text: str) -> RuleSyntaxError:
-    return RuleSyntaxError(err.reason, text, err.line, err.column)
+    line, column = err.line, err.column
+    if line < 0:  # the end of the text
+        lines = text.rstrip().splitlines() or [""]
+        line, column = len(lines), len(lines[-1]) + 1
+    return RuleSyntaxError(err.reason, text, line, column)
 
 
 def parse(text: str) -> Rule:
@@ -281,8 +285,8 @@ def _check(statements: tuple[Statement, ...], prelude: dict[str, Statement] | No
         raise _fail("empty rule: expected an expression or statements ending with 'update = ...'")
     updates = [s for s in statements if s.kind == "update"]
     if prelude is not None and not updates:
-        last = statements[-1]
-        raise _fail("missing 'update': a rule needs exactly one 'update = ...'", last)
+        raise RuleSyntaxError("missing 'update': a rule needs exactly one 'update = ...'",
+                              "", line=-1, column=-1)
     if len(updates) > 1:
         raise _fail(f"repeated 'update' (the first is on line {updates[0].line})", updates[1])
     declared = {s.name for s in statements if s.kind in ("param", "state")}

@@ -75,7 +75,240 @@ def _add_parse(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_parse)
 
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_parse]
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"learning rates must be positive, got {text!r}")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _schedule(text: str | None):
+    """--schedule NAME or NAME:key=value,key=value (e.g. sgdr:T_0=10,T_mult=2)."""
+    if text is None:
+        return None
+    name, _, options = text.partition(":")
+    config: dict = {"name": name}
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--schedule option {item!r} is not key=value")
+        try:
+            config[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise UsageError(f"--schedule option {key} must be a number, got {value!r}") from None
+    return config
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    options = {}
+    if getattr(args, "data_dir", None):
+        options["data_dir"] = args.data_dir
+    if getattr(args, "text", None):
+        options["path"] = args.text
+    return options
+
+
+def _add_training_options(p: argparse.ArgumentParser) -> None:
+    from nos.tasks import task_names
+
+    p.add_argument("--task", default="mnist1d", choices=task_names(), help="child task")
+    p.add_argument("--epochs", type=float, default=None, help="training budget in epochs")
+    lr = p.add_mutually_exclusive_group()
+    lr.add_argument("--lr", type=float, default=None, help="a fixed learning rate")
+    lr.add_argument("--lr-grid", type=_floats, default=None, metavar="A,B,...",
+                    help="learning rates tried for a short run each; the best is kept")
+    p.add_argument("--grid-epochs", type=float, default=1.0, help="length of each short run")
+    p.add_argument("--schedule", default=None, metavar="NAME[:k=v,...]",
+                   help="learning-rate schedule, e.g. cosine or sgdr:T_0=50,T_mult=2")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 directory (task cifar10)")
+    p.add_argument("--text", default=None, help="text file for the charlm task")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from nos.evaluate import evaluate
+
+    rule = resolve_rule(args.rule)
+    if args.snapshots and not (args.schedule or "").startswith("sgdr"):
+        raise UsageError("--snapshots needs an SGDR schedule (--schedule sgdr:T_0=...)")
+    result = evaluate(rule, args.task, epochs=args.epochs, lr=args.lr, lr_grid=args.lr_grid,
+                      grid_epochs=args.grid_epochs, seed=args.seed, snapshots=args.snapshots,
+                      schedule=_schedule(args.schedule), time_limit=args.time_limit,
+                      device=args.device, task_options=_task_options(args),
+                      progress=args.task in ("cifar10", "charlm") and not args.json)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    print(f"rule       {result.rule}")
+    print(f"task       {result.task}  status {result.status}"
+          + (f"  ({result.error})" if result.error else ""))
+    print(f"reward     {result.reward:.4f}  (validation accuracy)")
+    if result.lr is not None:
+        picked = " (picked from the grid)" if result.grid else ""
+        print(f"lr         {result.lr:g}{picked}")
+    if result.test_accuracy is not None:
+        print(f"test       {result.test_accuracy:.4f}")
+    if result.ensemble_accuracy is not None:
+        print(f"ensemble   {result.ensemble_accuracy:.4f} of {len(result.snapshot_accuracies)} "
+              f"snapshots (each: {', '.join(f'{a:.4f}' for a in result.snapshot_accuracies)})")
+    print(f"time       {result.seconds:.1f} s, {result.steps} steps")
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="train a child network with a rule and print its reward",
+                       description="Train the task's child network with RULE (rule text, a file, "
+                       "'-' or a baseline's name) and print the reward (validation accuracy), "
+                       "the chosen learning rate, test accuracy and time.")
+    p.add_argument("rule", metavar="RULE")
+    _add_training_options(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--snapshots", type=int, default=0,
+                   help="with an SGDR schedule: ensemble of the last M cycles' models")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds")
+    p.set_defaults(handler=cmd_eval)
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from nos.baselines import BASELINES
+    from nos.evaluate import evaluate
+    from nos.report import mean_spread, plot_curves, table
+
+    names = args.names.split(",") if args.names else list(BASELINES)
+    unknown = [n for n in names if n not in BASELINES]
+    if unknown:
+        raise UsageError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
+    if args.plot:
+        _check_writable(args.plot)
+    rows, curves, records = [], {}, []
+    for name in names:
+        results = [evaluate(name, args.task, epochs=args.epochs, lr=args.lr, lr_grid=args.lr_grid,
+                            grid_epochs=args.grid_epochs, seed=seed, device=args.device,
+                            schedule=_schedule(args.schedule), task_options=_task_options(args))
+                   for seed in range(args.seeds)]
+        rewards = [r.reward for r in results]
+        tests = [r.test_accuracy for r in results if r.test_accuracy is not None]
+        mean, spread = mean_spread(rewards)
+        lrs = sorted({r.lr for r in results if r.lr is not None})
+        statuses = sorted({r.status for r in results})
+        rows.append([name, mean, spread, mean_spread(tests)[0] if tests else None,
+                     ",".join(f"{x:g}" for x in lrs) or "-", ",".join(statuses),
+                     sum(r.seconds for r in results) / len(results)])
+        curves[name] = [r.val_curve for r in results]
+        records.append({"name": name, "rewards": rewards, "mean": mean, "std": spread,
+                        "test": tests, "lrs": [r.lr for r in results], "statuses": statuses})
+        if not args.json:
+            print(f"  {name:14s} reward {mean:.4f} ± {spread:.4f}", file=sys.stderr)
+    rows.sort(key=lambda r: -r[1])
+    if args.json:
+        print(json.dumps({"task": args.task, "seeds": args.seeds, "baselines": records}))
+    else:
+        print(table(["baseline", "reward", "± std", "test", "lr", "status", "s/run"], rows))
+    if args.plot:
+        plot_curves(curves, args.plot, f"baselines on {args.task} ({args.seeds} seeds)")
+        if not args.json:
+            print(f"curves written to {args.plot}")
+    return 0
+
+
+def _check_writable(path: str) -> None:
+    import os
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise UsageError(f"cannot write {path}: {folder} is not a writable directory")
+
+
+def _add_baselines(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("baselines", help="train every baseline the same way and compare",
+                       description="Train each baseline (or the named ones) on a task with the "
+                       "same budget and learning-rate search, and print a table sorted by "
+                       "reward (mean and spread over seeds).")
+    _add_training_options(p)
+    p.add_argument("--names", default=None, help="comma-separated baseline names")
+    p.add_argument("--seeds", type=_positive_int, default=1)
+    p.add_argument("--plot", default=None, metavar="PNG", help="write validation curves")
+    p.set_defaults(handler=cmd_baselines)
+
+
+def search_config(args: argparse.Namespace) -> dict:
+    """The config file (or the defaults) with the command line's overrides, validated."""
+    from nos import config as cfg
+    from nos.controllers import controller_names
+    from nos.tasks import task_names
+
+    config = cfg.load(args.config) if args.config else cfg.validate({}, "defaults")
+    for table, key, value in (("search", "controller", args.controller),
+                              ("search", "budget", args.budget), ("search", "seed", args.seed),
+                              ("workers", "count", args.workers)):
+        config = cfg.override(config, table, key, value)
+    source = args.config or "the defaults"
+    if config["search"]["controller"] not in controller_names():
+        raise UsageError(f"{source}: unknown controller {config['search']['controller']!r}; "
+                         f"known: {', '.join(controller_names())}")
+    if config["task"]["name"] not in task_names():
+        raise UsageError(f"{source}: unknown task {config['task']['name']!r}; "
+                         f"known: {', '.join(task_names())}")
+    return config
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from nos.report import table
+    from nos.search import Search
+
+    config = search_config(args)
+    summary = Search(config, args.out, address=args.address,
+                     progress=not args.quiet and sys.stderr.isatty() or args.progress).run()
+    if args.json:
+        print(json.dumps({"out": str(summary.out), "finished": summary.finished,
+                          "budget": summary.budget, "seconds": summary.seconds,
+                          "counts": summary.counts, "top": summary.top}))
+        return 0
+    print(f"{summary.finished} of {summary.budget} evaluations in {args.out} "
+          f"({summary.per_second:.2f}/s this session); by status: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())))
+    rows = [[i + 1, t["reward"], t["lr"], t["count"], t["rule"]]
+            for i, t in enumerate(summary.top)]
+    print(table(["#", "reward", "lr", "sampled", "rule"], rows))
+    return 0
+
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="search for update rules with a controller and Ray workers",
+                       description="Run a search: the controller proposes rules, Ray workers "
+                       "train a child with each, every result goes to DIR/nos.db. Running "
+                       "again on the same DIR resumes the search.")
+    p.add_argument("--config", default=None, help="TOML config (see experiments/quick.toml)")
+    p.add_argument("--controller", default=None, help="rnn, random or evolution")
+    p.add_argument("--budget", type=_positive_int, default=None, help="number of evaluations")
+    p.add_argument("--workers", type=_positive_int, default=None, help="parallel evaluations")
+    p.add_argument("--address", default=None,
+                   help="join a running Ray cluster ('auto' or HOST:PORT); default: local Ray")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--out", required=True, metavar="DIR", help="results directory")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--progress", action="store_true", help="progress bar even without a tty")
+    p.set_defaults(handler=cmd_search)
+
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_parse, _add_eval, _add_baselines, _add_search,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

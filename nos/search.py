@@ -1,0 +1,236 @@
+"""The search: a controller proposes rules, Ray workers train children, the store keeps all.
+
+The driver keeps every worker busy: it asks the controller for a batch of
+proposals, records them (``pending``) before dispatching them, records each
+result the moment it arrives, and tells the controller a batch's rewards once
+the whole batch is in, checkpointing the controller after every update.
+Running again on the same directory resumes: the controller comes back from
+its last checkpoint, pending evaluations are run again, and the run stops at
+the same budget with nothing lost or recorded twice.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from nos.config import identity
+from nos.controllers import Proposal, make_controller
+from nos.parser import RuleSyntaxError, parse
+from nos.space import Space, SpaceConfig
+from nos.store import Evaluation, Store
+
+TRAINED = ("ok", "diverged", "timeout")
+
+
+@dataclass
+class SearchSummary:
+    out: Path
+    budget: int
+    finished: int
+    seconds: float
+    counts: dict[str, int]
+    best: dict | None
+    top: list[dict] = field(default_factory=list)
+    saved_by_cache: int = 0
+    saved_by_pruning: int = 0
+
+    @property
+    def per_second(self) -> float:
+        return self.finished / self.seconds if self.seconds > 0 else 0.0
+
+
+class Search:
+    """One search run in ``out``: ``Search(config, out).run()``."""
+
+    def __init__(self, config: dict, out: str | Path, *, address: str | None = None,
+                 progress: bool = False) -> None:
+        self.config = config
+        self.out = Path(out)
+        self.address = address
+        self.progress = progress
+        self.space = Space(SpaceConfig.from_dict(config["space"]))
+        search = config["search"]
+        self.budget, self.batch_size, self.seed = search["budget"], search["batch"], search["seed"]
+        self.controller = make_controller(search["controller"], self.space, seed=self.seed,
+                                          **config["controller"])
+        self.max_attempts = config["workers"]["max_attempts"]
+        self.time_limit = config["evaluation"]["time_limit"]
+        self.floor = config["evaluation"]["floor"]
+
+    # --- the controller's side -------------------------------------------------------
+
+    def _restore(self, store: Store) -> int:
+        """Load the last checkpoint; returns the next batch to tell."""
+        checkpoint = store.latest_checkpoint()
+        if checkpoint is None:
+            return 0
+        batch, _, state = checkpoint
+        self.controller.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+        return batch + 1
+
+    def _checkpoint(self, store: Store, batch: int, told: int) -> None:
+        buffer = io.BytesIO()
+        torch.save(self.controller.state_dict(), buffer)
+        store.save_checkpoint(batch, told, buffer.getvalue())
+
+    def _ask(self, store: Store, batch: int, n: int) -> list[Evaluation]:
+        proposals = self.controller.ask(n)
+        rows = []
+        for p in proposals:
+            try:
+                text = str(parse(p.text))
+            except RuleSyntaxError:
+                text = p.text
+            rows.append((p.tokens, text))
+        ids = store.add_proposals(batch, rows)
+        return [e for e in store.batch(batch) if e.id in set(ids)]
+
+    def _tell_ready(self, store: Store, next_tell: int, asked_batches: int) -> int:
+        """Tell every complete batch, in order; returns the next batch to tell."""
+        while next_tell < asked_batches:
+            rows = store.batch(next_tell)
+            if not rows or any(r.status == "pending" for r in rows):
+                break
+            proposals = [Proposal(tuple(r.tokens), r.rule) for r in rows]
+            rewards = [r.reward if r.reward is not None and math.isfinite(r.reward)
+                       else self.floor for r in rows]
+            self.controller.tell(proposals, rewards)
+            told = sum(len(store.batch(b)) for b in range(next_tell + 1))
+            self._checkpoint(store, next_tell, told)
+            next_tell += 1
+        return next_tell
+
+    # --- the run ---------------------------------------------------------------------
+
+    def run(self) -> SearchSummary:
+        from nos.workers import make_workers, start_ray
+
+        start = time.time()
+        workers_wanted = self.config["workers"]["count"]
+        with Store.create_or_open(self.out, identity(self.config)) as store:
+            next_tell = self._restore(store)
+            asked_batches = max((e.batch for e in store.evaluations()), default=-1) + 1
+            queue = deque(store.pending())
+            need = workers_wanted * self.config["workers"]["num_cpus"]
+            started_ray = start_ray(self.address, need, self.config["workers"]["num_gpus"]
+                                    * workers_wanted or None)
+            try:
+                pool = make_workers(self.config, workers_wanted)
+                self._loop(store, pool, queue, next_tell, asked_batches)
+            finally:
+                if started_ray:
+                    import ray
+
+                    ray.shutdown()
+            return self._summary(store, time.time() - start)
+
+    def _loop(self, store: Store, pool: list, queue: deque, next_tell: int,
+              asked_batches: int) -> None:
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        free = list(pool)
+        in_flight: dict = {}  # future -> (evaluation, worker, dispatched at)
+        total = store.count()
+        bar = self._bar(store) if self.progress else None
+        while True:
+            while free and (queue or total < self.budget):
+                if not queue:
+                    n = min(self.batch_size, self.budget - total)
+                    queue.extend(self._ask(store, asked_batches, n))
+                    asked_batches += 1
+                    total += n
+                    continue
+                row = queue.popleft()
+                worker = free.pop()
+                future = worker.evaluate.remote(row.id, row.rule, self.seed)
+                in_flight[future] = (row, worker, time.monotonic())
+                store.mark_started(row.id, "", "")
+            next_tell = self._tell_ready(store, next_tell, asked_batches)
+            if not in_flight:
+                if not queue and total >= self.budget:
+                    break
+                continue
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            for future in ready:
+                row, worker, _ = in_flight.pop(future)
+                try:
+                    result = ray.get(future)
+                except (RayActorError, RayTaskError) as err:
+                    self._failed_attempt(store, row, queue, err)
+                else:
+                    self._record(store, row, result)
+                free.append(worker)
+                if bar is not None:
+                    self._advance(bar, store)
+            self._watchdog(store, in_flight, free, queue)
+        self._tell_ready(store, next_tell, asked_batches)
+        if bar is not None:
+            bar.close()
+
+    def _record(self, store: Store, row: Evaluation, result: dict) -> None:
+        details = {"loss_curve": result["loss_curve"], "val_curve": result["val_curve"],
+                   "grid": result["grid"], "steps": result["steps"],
+                   "val_loss": result["val_loss"]}
+        store.record(row.id, status=result["status"], reward=result["reward"], lr=result["lr"],
+                     test_metric=result["test_accuracy"], seconds=result["seconds"],
+                     worker=result["worker"], node=result["node"], error=result["error"],
+                     details=details)
+
+    def _failed_attempt(self, store: Store, row: Evaluation, queue: deque, err: Exception) -> None:
+        attempts = next((e.attempts for e in store.batch(row.batch) if e.id == row.id), 1)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if attempts < self.max_attempts:
+            queue.appendleft(row)
+        else:
+            store.record(row.id, status="failed", reward=self.floor,
+                         error=f"worker lost {attempts} times: {reason}"[:500])
+
+    def _watchdog(self, store: Store, in_flight: dict, free: list, queue: deque) -> None:
+        """An evaluation far past its time limit is hung: kill its worker, record timeout."""
+        if not self.time_limit:
+            return
+        import ray
+
+        now = time.monotonic()
+        for future, (row, worker, since) in list(in_flight.items()):
+            if now - since > self.time_limit * 1.5 + 30:
+                in_flight.pop(future)
+                ray.kill(worker, no_restart=False)
+                store.record(row.id, status="timeout", reward=self.floor,
+                             error=f"no result after {now - since:.0f} s; worker restarted")
+                free.append(worker)
+
+    # --- reporting -------------------------------------------------------------------
+
+    def _bar(self, store: Store):
+        from tqdm import tqdm
+
+        done = store.count() - len(store.pending())
+        return tqdm(total=self.budget, initial=done, desc="search", unit="eval",
+                    dynamic_ncols=True)
+
+    def _advance(self, bar, store: Store) -> None:
+        top = store.top(1)
+        failures = sum(v for k, v in store.counts_by_status().items() if k == "failed")
+        bar.update(1)
+        if top:
+            rule = top[0]["rule"]
+            bar.set_postfix_str(f"best {top[0]['reward']:.4f} {rule[:40]} | failed {failures}")
+
+    def _summary(self, store: Store, seconds: float) -> SearchSummary:
+        counts = store.counts_by_status()
+        top = store.top(10)
+        finished = sum(v for k, v in counts.items() if k != "pending")
+        return SearchSummary(out=self.out, budget=self.budget, finished=finished,
+                             seconds=seconds, counts=counts, best=top[0] if top else None,
+                             top=top, saved_by_cache=counts.get("cached", 0),
+                             saved_by_pruning=counts.get("invalid", 0) + counts.get("degenerate",
+                                                                                    0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from nos.parser import RuleSyntaxError, parse, read_rule_source
 from nos.rule import Rule
@@ -79,7 +79,8 @@ def _floats(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, got {text!r}") from None
     if not values or any(v <= 0 for v in values):
         raise argparse.ArgumentTypeError(f"learning rates must be positive, got {text!r}")
     return values
@@ -122,9 +123,8 @@ def _task_options(args: argparse.Namespace) -> dict:
 
 
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    from nos.tasks import task_names
-
-    p.add_argument("--task", default="mnist1d", choices=task_names(), help="child task")
+    p.add_argument("--task", default="mnist1d",
+                   help="child task: mnist1d (default), digits, cifar10 or charlm")
     p.add_argument("--epochs", type=float, default=None, help="training budget in epochs")
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--lr", type=float, default=None, help="a fixed learning rate")

@@ -1,16 +1,20 @@
 """A Rule becomes a program: straight-line instructions over numbered slots.
 
-Compiling a rule (with the prelude it uses) does the work once that a step
-should not repeat:
+Compiling a rule (with the prelude it uses) does once the work a step should
+not repeat:
 
 - dead statements are dropped, so only the buffers the update needs exist;
 - every subexpression is typed: a *constant* is folded now, a *scalar*
   (numbers, params, t, T and the schedules) is computed once per step on
   Python floats, a *tensor* is computed element-wise;
-- identical subexpressions are computed once;
-- reading a state before its statement gives the old buffer, after it the
-  new value (the slots are single-assignment), and buffers are written back
-  at the end of the step.
+- identical subexpressions are computed once; params equal to zero in a group
+  are specialised away (``wd * w`` costs nothing when ``wd = 0``);
+- ``a*x + b*y`` and ``a*v + b*x*z`` become one fused instruction, results that
+  nothing reads afterwards are overwritten in place, and the update is folded
+  into the parameter step (``addcdiv_``, ``addcmul_``), as torch.optim does by
+  hand;
+- reading a state before its statement gives the old buffer, after it the new
+  value (slots are single-assignment); buffers are written back at the end.
 
 Two executors read the same program and give bit-identical results: a
 readable per-tensor reference (:func:`run_reference`) and the multi-tensor
@@ -20,12 +24,14 @@ all tensors of a group).
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from nos.kernels import KERNELS
 from nos.ops import OPS, linear_decay
 from nos.rule import Node, Rule, Statement
 
@@ -39,11 +45,28 @@ class RuleCompileError(ValueError):
 
 @dataclass(frozen=True)
 class Instr:
-    op: str  # an OPS name, or "noise" / "annealed_noise" / "ld"
+    op: str  # a KERNELS name, "fill", "noise", "annealed_noise", or a scalar op
     args: tuple[int, ...]
     out: int
     kind: str  # SCALAR or TENSOR
     random: bool = False
+    inplace: bool = False  # overwrite args[0]'s tensors instead of making new ones
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of the step: ``params -= lr * coefficient * f(args)``.
+
+    ``kind`` is ``add`` (x), ``addcdiv`` (x / y), ``addcmul`` (x * y), ``scale`` (the
+    parameter itself, applied first as ``params *= 1 - lr * c``) or ``scalar`` (1).
+    The coefficient is ``sign`` times the product of the factor slots
+    (divided by those marked reciprocal).
+    """
+
+    kind: str
+    args: tuple[int, ...]
+    sign: float = 1.0
+    factors: tuple[tuple[int, bool], ...] = ()
 
 
 @dataclass
@@ -58,12 +81,13 @@ class Program:
     tensor_code: list[Instr]
     state_out: dict[str, int]  # buffer name -> slot of its new value
     update: int
+    terms: list[Term]
     kinds: list[str]
     params: dict[str, Statement]  # the params the live code reads
     buffers: tuple[str, ...]
     needs_total_steps: bool
     random: bool
-    fresh: set[int] = field(default_factory=set)  # slots holding newly made tensors
+    fresh: set[int] = field(default_factory=set)  # slots holding tensors made this step
 
     @property
     def instructions(self) -> int:
@@ -86,7 +110,8 @@ def _live_statements(statements: tuple[Statement, ...]) -> list[Statement]:
 
 
 class _Builder:
-    def __init__(self) -> None:
+    def __init__(self, zeros: frozenset[str]) -> None:
+        self.zeros = zeros
         self.kinds: list[str] = []
         self.consts: dict[int, float] = {}
         self.inputs: dict[str, int] = {}
@@ -100,7 +125,7 @@ class _Builder:
         return len(self.kinds) - 1
 
     def const(self, value: float) -> int:
-        key = ("const", value, math.copysign(1.0, value))
+        key = ("const", value, math.copysign(1.0, value), value != value)
         if key not in self.memo:
             s = self.slot(CONST)
             self.consts[s] = value
@@ -112,6 +137,31 @@ class _Builder:
             self.inputs[name] = self.slot(kind)
         return self.inputs[name]
 
+    def value(self, slot: int) -> float | None:
+        return self.consts.get(slot)
+
+    def simplify(self, op: str, args: tuple[int, ...]) -> int | None:
+        """x+0, x-0, x*1, x/1, x^1 are x; x*0 is 0 (a parameter is never inf or nan)."""
+        if op == "pow" and self.value(args[1]) == 2.0 and self.kinds[args[0]] == TENSOR:
+            return self.emit("mul", (args[0], args[0]))
+        if len(args) != 2:
+            return None
+        a, b = args
+        va, vb = self.value(a), self.value(b)
+        if op in ("add", "sub") and vb == 0.0:
+            return a
+        if op == "add" and va == 0.0:
+            return b
+        if op == "sub" and va == 0.0:
+            return self.emit("neg", (b,))
+        if op in ("mul", "div", "pow") and vb == 1.0:
+            return a
+        if op == "mul" and va == 1.0:
+            return b
+        if op == "mul" and (va == 0.0 or vb == 0.0):
+            return self.const(0.0)
+        return None
+
     def emit(self, op: str, args: tuple[int, ...], kind: str | None = None,
              random: bool = False) -> int:
         arg_kinds = [self.kinds[a] for a in args]
@@ -119,6 +169,9 @@ class _Builder:
             kind = TENSOR if TENSOR in arg_kinds else SCALAR
             if kind == SCALAR and all(k == CONST for k in arg_kinds) and not random:
                 return self.const(OPS[op].scalar(*(self.consts[a] for a in args)))
+            simpler = self.simplify(op, args)
+            if simpler is not None:
+                return simpler
         key = (op, args)
         if not random and key in self.memo:
             return self.memo[key]
@@ -140,7 +193,7 @@ class _Builder:
             if self.kinds[args[i]] == TENSOR:
                 raise RuleCompileError(
                     f"argument {i + 1} of {op.signature} must not depend on tensors "
-                    f"(in {node.op}(...), line {node.line})"
+                    f"(line {node.line})"
                 )
         if op.schedule:
             return self.emit(node.op, args + (self.input("t", SCALAR), self.input("T", SCALAR)),
@@ -174,14 +227,26 @@ class _Builder:
         raise RuleCompileError(f"'{word}' has no value here")  # parse() prevents this
 
 
-def compile_rule(rule: Rule) -> Program:
-    """Compile a parsed rule and the prelude definitions it uses."""
+def _whole_update(update: int, is_tensor: bool) -> Term:
+    if is_tensor:
+        return Term("add", (update,))
+    return Term("scalar", (), factors=((update, False),))
+
+
+@functools.lru_cache(maxsize=256)
+def compile_rule(rule: Rule, zeros: frozenset[str] = frozenset(), optimize: bool = True
+                 ) -> Program:
+    """Compile a parsed rule and the prelude definitions it uses.
+
+    ``zeros`` names params known to be 0 (specialised away); ``optimize=False``
+    keeps the plain one-instruction-per-operation program.
+    """
     expanded = rule.expanded()
     live = _live_statements(expanded.statements)
-    b = _Builder()
+    b = _Builder(zeros)
     params = {s.name: s for s in live if s.kind == "param"}
     for name in params:
-        b.env[name] = b.input(name, SCALAR)
+        b.env[name] = b.const(0.0) if name in zeros else b.input(name, SCALAR)
     buffers = tuple(s.name for s in live if s.kind == "state")
     for name in buffers:
         b.env[name] = b.input(name, TENSOR)
@@ -199,27 +264,23 @@ def compile_rule(rule: Rule) -> Program:
             b.env[s.name] = value
         else:
             update = value
-    reads = {i.op for i in b.tensor_code} | {i.op for i in b.scalar_code}
-    fresh = {i.out for i in b.tensor_code}
-    return Program(
-        rule=rule,
-        n_slots=len(b.kinds),
-        consts=b.consts,
-        inputs=b.inputs,
-        scalar_code=b.scalar_code,
-        tensor_code=b.tensor_code,
-        state_out=state_out,
-        update=update,
-        kinds=b.kinds,
-        params=params,
-        buffers=buffers,
+    program = Program(
+        rule=rule, n_slots=len(b.kinds), consts=b.consts, inputs=b.inputs,
+        scalar_code=b.scalar_code, tensor_code=b.tensor_code, state_out=state_out,
+        update=update, terms=[_whole_update(update, b.kinds[update] == TENSOR)],
+        kinds=b.kinds, params=params, buffers=buffers,
         needs_total_steps="T" in b.inputs,
-        random=bool({"noise", "annealed_noise", "drop"} & reads),
-        fresh=fresh,
+        random=any(i.random for i in b.tensor_code) or any(i.random for i in b.scalar_code),
     )
+    if optimize:
+        from nos.fusion import optimize_program
+
+        optimize_program(program, b)
+    program.fresh = {i.out for i in program.tensor_code}
+    return program
 
 
-# --- scalar instructions that are not OPS rows -----------------------------------
+# --- scalar instructions -----------------------------------------------------------
 
 _SCALAR_EXTRA: dict[str, Callable[..., float]] = {"ld": linear_decay}
 
@@ -244,7 +305,14 @@ def _scalars(program: Program, hyper: dict[str, float], t: int, total: int | Non
     return env
 
 
-# --- random draws: the same order for both executors -----------------------------
+def _coefficient(term: Term, env: list) -> float:
+    c = term.sign
+    for slot, reciprocal in term.factors:
+        c = c / env[slot] if reciprocal else c * env[slot]
+    return c
+
+
+# --- random draws: the same order for both executors -------------------------------
 
 
 def _draw(ins: Instr, env: list, like: list[torch.Tensor], generator) -> list[torch.Tensor]:
@@ -262,11 +330,7 @@ def _draw(ins: Instr, env: list, like: list[torch.Tensor], generator) -> list[to
             .to(q.dtype) * scale for q in like]
 
 
-def _combine_drop(x, mask):
-    return torch.mul(x, mask)
-
-
-# --- the executors ------------------------------------------------------------------
+# --- the executors -------------------------------------------------------------------
 
 
 @dataclass
@@ -282,43 +346,47 @@ class Group:
     total: int | None
 
 
-def _write_back(program: Program, env: list, group: Group, per_tensor: bool) -> None:
-    for name, slot in program.state_out.items():
-        value = env[slot]
-        old = group.buffers[name]
-        if slot in program.fresh:
-            new = value
-        elif per_tensor:
-            new = [v.clone() for v in value]
-        else:
-            new = torch._foreach_mul(value, 1.0) if value else []
-        old[:] = new
+def _inputs(program: Program, env: list, grads, params, buffers) -> None:
+    if "g" in program.inputs:
+        env[program.inputs["g"]] = grads
+    if "w" in program.inputs:
+        env[program.inputs["w"]] = params
+    for name in program.buffers:
+        env[program.inputs[name]] = buffers[name]
 
 
 def run_foreach(program: Program, group: Group, generator) -> None:
     """One step for a bucket with one ``torch._foreach_*`` call per instruction."""
     env = _scalars(program, group.hyper, group.t, group.total)
-    if "g" in program.inputs:
-        env[program.inputs["g"]] = group.grads
-    if "w" in program.inputs:
-        env[program.inputs["w"]] = group.params
-    for name in program.buffers:
-        env[program.inputs[name]] = list(group.buffers[name])
+    _inputs(program, env, group.grads, group.params,
+            {name: list(group.buffers[name]) for name in program.buffers})
     for ins in program.tensor_code:
         args = [env[a] for a in ins.args]
         if ins.op == "fill":
             env[ins.out] = [torch.full_like(p, args[0]) for p in group.params]
-        elif ins.random:
-            draws = _draw(ins, env, group.params, generator)
-            env[ins.out] = torch._foreach_mul(args[0], draws) if ins.op == "drop" else draws
+        elif ins.random and ins.op != "drop":
+            env[ins.out] = _draw(ins, env, group.params, generator)
         else:
-            env[ins.out] = OPS[ins.op].foreach(*args)
-    _write_back(program, env, group, per_tensor=False)
-    update = env[program.update]
-    if program.kinds[program.update] == TENSOR:
-        torch._foreach_add_(group.params, update, alpha=-group.lr)
-    else:
-        torch._foreach_add_(group.params, -group.lr * update)
+            if ins.op == "drop":
+                args[1] = _draw(ins, env, group.params, generator)
+            kernel = KERNELS[ins.op]
+            env[ins.out] = (kernel.foreach_ if ins.inplace else kernel.foreach)(*args)
+    for name, slot in program.state_out.items():
+        value = env[slot]
+        group.buffers[name][:] = value if slot in program.fresh else [v.clone() for v in value]
+    for term in program.terms:
+        alpha = -group.lr * _coefficient(term, env)
+        args = [env[a] for a in term.args]
+        if term.kind == "scale":
+            torch._foreach_mul_(group.params, 1.0 + alpha)
+        elif term.kind == "add":
+            torch._foreach_add_(group.params, args[0], alpha=alpha)
+        elif term.kind == "addcdiv":
+            torch._foreach_addcdiv_(group.params, args[0], args[1], value=alpha)
+        elif term.kind == "addcmul":
+            torch._foreach_addcmul_(group.params, args[0], args[1], value=alpha)
+        else:
+            torch._foreach_add_(group.params, alpha)
 
 
 def run_reference(program: Program, group: Group, generator) -> None:
@@ -326,35 +394,40 @@ def run_reference(program: Program, group: Group, generator) -> None:
     scalars = _scalars(program, group.hyper, group.t, group.total)
     draws = {ins.out: _draw(ins, scalars, group.params, generator)
              for ins in program.tensor_code if ins.random}
-    for i, (p, g) in enumerate(zip(group.params, group.grads)):
+    for i, (p, g) in enumerate(zip(group.params, group.grads, strict=False)):
         env = list(scalars)
-        if "g" in program.inputs:
-            env[program.inputs["g"]] = g
-        if "w" in program.inputs:
-            env[program.inputs["w"]] = p
-        for name in program.buffers:
-            env[program.inputs[name]] = group.buffers[name][i]
+        _inputs(program, env, g, p, {name: group.buffers[name][i] for name in program.buffers})
         for ins in program.tensor_code:
             args = [env[a] for a in ins.args]
             if ins.op == "fill":
                 env[ins.out] = torch.full_like(p, args[0])
-            elif ins.random:
-                draw = draws[ins.out][i]
-                env[ins.out] = _combine_drop(args[0], draw) if ins.op == "drop" else draw
+            elif ins.random and ins.op != "drop":
+                env[ins.out] = draws[ins.out][i]
             else:
-                env[ins.out] = OPS[ins.op].tensor(*args)
+                if ins.op == "drop":
+                    args[1] = draws[ins.out][i]
+                kernel = KERNELS[ins.op]
+                env[ins.out] = (kernel.tensor_ if ins.inplace else kernel.tensor)(*args)
         for name, slot in program.state_out.items():
             value = env[slot]
             group.buffers[name][i] = value if slot in program.fresh else value.clone()
-        update = env[program.update]
-        if program.kinds[program.update] == TENSOR:
-            p.add_(update, alpha=-group.lr)
-        else:
-            p.add_(-group.lr * update)
+        for term in program.terms:
+            alpha = -group.lr * _coefficient(term, env)
+            args = [env[a] for a in term.args]
+            if term.kind == "scale":
+                p.mul_(1.0 + alpha)
+            elif term.kind == "add":
+                p.add_(args[0], alpha=alpha)
+            elif term.kind == "addcdiv":
+                p.addcdiv_(args[0], args[1], value=alpha)
+            elif term.kind == "addcmul":
+                p.addcmul_(args[0], args[1], value=alpha)
+            else:
+                p.add_(alpha)
 
 
 def describe(program: Program) -> str:
-    """The program as readable lines (for debugging and `nos parse --program`)."""
+    """The program as readable lines (``nos parse --program``)."""
     names = {slot: name for name, slot in program.inputs.items()}
 
     def show(slot: int) -> str:
@@ -362,10 +435,14 @@ def describe(program: Program) -> str:
             return repr(program.consts[slot])
         return names.get(slot, f"%{slot}")
 
-    lines = [f"%{i.out} = {i.op}({', '.join(show(a) for a in i.args)})  # {i.kind}"
-             for i in program.scalar_code + program.tensor_code]
+    lines = [f"%{i.out} = {i.op}{'_' if i.inplace else ''}({', '.join(show(a) for a in i.args)})"
+             f"  # {i.kind}" for i in program.scalar_code + program.tensor_code]
     lines += [f"{name} <- %{slot}" for name, slot in program.state_out.items()]
-    lines.append(f"update = {show(program.update)}")
+    for t in program.terms:
+        coef = " * ".join(("1/" if r else "") + show(s) for s, r in t.factors) or "1"
+        lines.append(f"w -= lr * {t.sign:g} * {coef} * {t.kind}({', '.join(map(show, t.args))})")
     return "\n".join(lines)
 
 
+__all__ = ["Group", "Instr", "Program", "RuleCompileError", "Term", "compile_rule", "describe",
+           "replace", "run_foreach", "run_reference"]

@@ -8,7 +8,8 @@ program (:mod:`nos.compiler`).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -64,6 +65,7 @@ class Optimizer(torch.optim.Optimizer):
     ) -> None:
         self.rule, baseline_lr = resolve(rule)
         self.program: Program = compile_rule(self.rule)
+        self._programs: dict[frozenset[str], Program] = {}
         self._declared = _param_statements(self.rule)
         if lr is None:
             lr = baseline_lr if baseline_lr is not None else DEFAULT_LR
@@ -112,6 +114,14 @@ class Optimizer(torch.optim.Optimizer):
         super().add_param_group(param_group)
         self._check_values(self.param_groups[-1])
 
+    def _specialised(self, hyper: dict[str, float]) -> Program:
+        """The program compiled for this group's zero-valued params (``wd = 0``)."""
+        zeros = frozenset(name for name, value in hyper.items() if value == 0)
+        program = self._programs.get(zeros)
+        if program is None:
+            program = self._programs[zeros] = compile_rule(self.rule, zeros)
+        return program
+
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:
             return None
@@ -151,12 +161,13 @@ class Optimizer(torch.optim.Optimizer):
         run = run_foreach if self.foreach else run_reference
         for group in self.param_groups:
             hyper = {name: group[name] for name in self.program.params}
+            program = self._specialised(hyper)
             for (_, _, t), (ps, gs, states) in self._buckets(group).items():
                 buffers = {name: [s[name] for s in states] for name in self.program.buffers}
-                run(self.program, Group(ps, gs, buffers, hyper, float(group["lr"]), t,
-                                        self.total_steps), self._generator)
+                run(program, Group(ps, gs, buffers, hyper, float(group["lr"]), t,
+                                   self.total_steps), self._generator)
                 for name, tensors in buffers.items():
-                    for state, tensor in zip(states, tensors):
+                    for state, tensor in zip(states, tensors, strict=False):
                         state[name] = tensor
         return loss
 

@@ -215,7 +215,8 @@ def _syntax(err: lark.exceptions.UnexpectedInput, text: str) -> RuleSyntaxError:
         shown = "end of the line" if token.type == "_NL" else repr(str(token))
         reason = f"unexpected {shown}"
         if str(token) == "=" and "NAME" not in _acceptable(err):
-            reason += "; a definition starts with 'let', 'state' or 'param', the result with 'update'"
+            reason += ("; a definition starts with 'let', 'state' or 'param', "
+                       "the result with 'update'")
             return RuleSyntaxError(reason, text, line, column)
     expected = _acceptable(err)
     if expected:

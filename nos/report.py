@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -17,7 +17,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric)).rstrip()
+                         for v, w, num in zip(values, widths, numeric, strict=False)).rstrip()
 
     out = [line(list(headers)), line(["-" * w for w in widths])]
     out += [line(r) for r in cells]
@@ -58,7 +58,7 @@ def plot_curves(curves: dict[str, list[list[float]]], path: str | Path, title: s
             continue
         length = min(len(r) for r in runs)
         xs = list(range(1, length + 1))
-        columns = list(zip(*(r[:length] for r in runs)))
+        columns = list(zip(*(r[:length] for r in runs), strict=False))
         ax.plot(xs, [statistics.fmean(c) for c in columns], label=name)
         if len(runs) > 1:
             ax.fill_between(xs, [min(c) for c in columns], [max(c) for c in columns], alpha=0.15)

@@ -9,10 +9,11 @@ equality or hashing: two rules are equal when their canonical texts are.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Union
 
-Value = Union[float, str, None]
+Value = Union[float, str, None]  # noqa: UP007 - a runtime alias, not an annotation
 
 # Names every rule may read without defining them.
 PRIMITIVES: dict[str, str] = {

@@ -46,7 +46,7 @@ def train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = STEPS
 
 def max_rel_error(a: torch.nn.Module, b: torch.nn.Module) -> float:
     return max(((p - q).abs().max() / p.abs().max()).item()
-               for p, q in zip(a.parameters(), b.parameters()))
+               for p, q in zip(a.parameters(), b.parameters(), strict=False))
 
 
 # name, torch class, torch kwargs, nos hyperparameters: one registry drives the parity tests
@@ -117,14 +117,14 @@ def numpy_reference(step_fn, steps: int = STEPS) -> torch.nn.Module:
     slots = [dict() for _ in weights]
     for step in range(steps):
         with torch.no_grad():
-            for p, w in zip(model.parameters(), weights):
+            for p, w in zip(model.parameters(), weights, strict=False):
                 p.copy_(torch.from_numpy(w))
         model.zero_grad()
         loss_of(model, step).backward()
         for i, p in enumerate(model.parameters()):
             weights[i] = step_fn(weights[i], p.grad.numpy().copy(), slots[i], step)
     with torch.no_grad():
-        for p, w in zip(model.parameters(), weights):
+        for p, w in zip(model.parameters(), weights, strict=False):
             p.copy_(torch.from_numpy(w))
     return model
 
@@ -181,9 +181,9 @@ def test_foreach_and_reference_paths_are_identical(name):
         train(model, opt, steps=20)
         models.append(model)
         opts.append(opt)
-    for p, q in zip(models[0].parameters(), models[1].parameters()):
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=False):
         assert torch.equal(p, q)
-    for p, q in zip(models[0].parameters(), models[1].parameters()):
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=False):
         sa, sb = opts[0].state[p], opts[1].state[q]
         assert sa.keys() == sb.keys()
         for key in sa:
@@ -237,7 +237,7 @@ def test_state_dict_round_trip_mid_training():
             opt.zero_grad()
             loss_of(model, step).backward()
             opt.step()
-    for p, q in zip(a.parameters(), b.parameters()):
+    for p, q in zip(a.parameters(), b.parameters(), strict=False):
         assert torch.equal(p, q)
 
 

@@ -112,11 +112,14 @@ def main() -> None:
         base = None
         for name, (factory, tensors) in optimizers(args.device).items():
             params = make_params(shapes, args.device)
-            seconds = time_steps(factory(params), args.device, steps, args.repeats)
+            opt = factory(params)
+            seconds = time_steps(opt, args.device, steps, args.repeats)
             base = base or seconds
             gbs = tensors * numel * 4 / seconds
+            compiled = getattr(opt, "compile_seconds", None)
+            note = f"  (compile {compiled:.1f} s)" if compiled else ""
             print(f"  {name:24s} {seconds * 1e3:10.4f} {seconds / base:10.2f}x "
-                  f"{gbs / 1e9:8.2f} {gbs / bandwidth:7.0%}")
+                  f"{gbs / 1e9:8.2f} {gbs / bandwidth:7.0%}{note}")
         print()
 
 

@@ -47,6 +47,8 @@ class Optimizer(torch.optim.Optimizer):
         lr: learning rate; defaults to the baseline's own, else 1e-3.
         total_steps: the T of the rule (needed by rules that read T, ld, cd, rd).
         foreach: use the multi-tensor path (default) or the per-tensor reference.
+        fused: compile the whole step with ``torch.compile`` into one kernel per
+            tensor (fastest for large models; compiles on the first step).
         seed: seeds the generator of ``noise``, ``annealed_noise`` and ``drop``;
             without it they draw from torch's global generator.
         **hyper: values for the rule's params (``beta1=0.8``), per group too.
@@ -60,6 +62,7 @@ class Optimizer(torch.optim.Optimizer):
         total_steps: int | None = None,
         *,
         foreach: bool = True,
+        fused: bool = False,
         seed: int | None = None,
         **hyper: float,
     ) -> None:
@@ -78,6 +81,10 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid total_steps: {total_steps}, must be >= 1")
         self.total_steps = total_steps
         self.foreach = foreach
+        self.fused = fused
+        if fused and self.program.random:
+            raise ValueError("fused=True does not support random rules (noise, drop)")
+        self._fused: dict[frozenset[str], Any] = {}
         self.seed = seed
         self._generators: dict[torch.device, torch.Generator] = {}
         defaults: dict[str, Any] = {"lr": lr}
@@ -122,6 +129,20 @@ class Optimizer(torch.optim.Optimizer):
             program = self._programs[zeros] = compile_rule(self.rule, zeros)
         return program
 
+    def _fused_step(self, hyper: dict[str, float]):
+        from nos.fused import FusedStep
+
+        zeros = frozenset(name for name, value in hyper.items() if value == 0)
+        if zeros not in self._fused:
+            self._fused[zeros] = FusedStep(self.rule, zeros)
+        return self._fused[zeros]
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """Seconds the fused path spent on its first (compiling) steps."""
+        times = [f.compile_seconds for f in self._fused.values() if f.compile_seconds]
+        return sum(times) if times else None
+
     def _generator(self, device: torch.device) -> torch.Generator | None:
         if self.seed is None:
             return None
@@ -164,8 +185,11 @@ class Optimizer(torch.optim.Optimizer):
             program = self._specialised(hyper)
             for (_, _, t), (ps, gs, states) in self._buckets(group).items():
                 buffers = {name: [s[name] for s in states] for name in self.program.buffers}
-                run(program, Group(ps, gs, buffers, hyper, float(group["lr"]), t,
-                                   self.total_steps), self._generator)
+                bucket = Group(ps, gs, buffers, hyper, float(group["lr"]), t, self.total_steps)
+                if self.fused:
+                    self._fused_step(hyper)(bucket)
+                else:
+                    run(program, bucket, self._generator)
                 for name, tensors in buffers.items():
                     for state, tensor in zip(states, tensors, strict=False):
                         state[name] = tensor

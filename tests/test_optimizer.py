@@ -342,3 +342,105 @@ def test_baselines_have_docs_and_compile():
         assert "(" in baseline.doc and len(baseline.doc) > 30
         assert nos.parse(str(baseline.rule)) == baseline.rule
         compile_rule(baseline.rule)
+
+
+# --- the optimised program against the plain one --------------------------------------
+
+SAFE_LEAVES = ["g", "w", "m", "v", "t", "0.5", "2", "beta1", "m_hat", "sign(g)", "momentum"]
+SAFE_BINARY = ["{} + {}", "{} - {}", "{} * {}", "{} / (abs({}) + 1)", "max({}, {})",
+               "min({}, {})", "clip({}, abs({}) + 0.1)"]
+SAFE_UNARY = ["-{}", "sign({})", "abs({})", "sqrt(abs({}))", "exp(clip({}, 3))", "0.9 * {}",
+              "{} / 3"]
+
+
+def _safe_expressions():
+    from hypothesis import strategies as st
+
+    leaves = st.sampled_from(SAFE_LEAVES)
+
+    def extend(inner):
+        return st.one_of(
+            st.tuples(st.sampled_from(SAFE_BINARY), inner, inner).map(
+                lambda t: "(" + t[0].format(t[1], t[2]) + ")"),
+            st.tuples(st.sampled_from(SAFE_UNARY), inner).map(
+                lambda t: "(" + t[0].format(t[1]) + ")"))
+
+    return st.recursive(leaves, extend, max_leaves=8)
+
+
+def _safe_rules():
+    from hypothesis import strategies as st
+
+    return st.tuples(_safe_expressions(), _safe_expressions()).map(
+        lambda t: f"param momentum = 0.5\nstate buf = momentum * buf + {t[0]}\n"
+                  f"update = {t[1]} + 0.1 * buf")
+
+
+def _step_with(program, params, grads, foreach: bool) -> list[torch.Tensor]:
+    from nos.compiler import Group, run_foreach, run_reference
+
+    params = [p.clone() for p in params]
+    buffers = {name: [torch.zeros_like(p) for p in params] for name in program.buffers}
+    hyper = {name: s.default for name, s in program.params.items()}
+    for t in (1, 2, 3):
+        group = Group(params, grads, buffers, hyper, 0.01, t, None)
+        (run_foreach if foreach else run_reference)(program, group, lambda device: None)
+    return params + [b for name in program.buffers for b in buffers[name]]
+
+
+def test_optimised_programs_agree_with_plain_ones_on_random_rules():
+    from hypothesis import given, settings
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(4, 3, generator=gen, dtype=torch.float64),
+              torch.randn(5, generator=gen, dtype=torch.float64)]
+    grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params]
+
+    @settings(max_examples=150, deadline=None)
+    @given(_safe_rules())
+    def check(text):
+        rule = nos.parse(text)
+        plain = compile_rule(rule, optimize=False)
+        fast = compile_rule(rule)
+        expected = _step_with(plain, params, grads, foreach=False)
+        by_foreach = _step_with(fast, params, grads, foreach=True)
+        by_reference = _step_with(fast, params, grads, foreach=False)
+        for a, b, c in zip(expected, by_foreach, by_reference):
+            assert torch.equal(b, c), text
+            torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12, msg=text)
+
+    check()
+
+
+def test_adam_compiles_to_what_torch_does_by_hand():
+    from nos.compiler import describe
+
+    program = compile_rule(nos.baselines()["adam"].rule, frozenset({"wd"}))
+    ops = [(i.op, i.inplace) for i in program.tensor_code]
+    assert ops == [("axpby", True), ("axpbxz", True), ("div", False), ("sqrt", True),
+                   ("add", True)], describe(program)
+    assert [t.kind for t in program.terms] == ["addcdiv"]
+
+
+def test_fused_path_matches_the_reference():
+    results = []
+    for fused in (False, True):
+        model = make_net()
+        opt = nos.Optimizer(model.parameters(), "adamw", lr=1e-2, fused=fused)
+        train(model, opt, steps=20)
+        results.append(model)
+    assert max_rel_error(*results) < 1e-12
+    with pytest.raises(ValueError, match="random"):
+        nos.Optimizer(make_net().parameters(), "g + noise", fused=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(nos.baselines()))
+def test_fused_path_matches_the_reference_for_every_baseline(name):
+    results = []
+    for fused in (False, True):
+        model = make_net()
+        opt = nos.Optimizer(model.parameters(), name, lr=1e-2, fused=fused, total_steps=40)
+        train(model, opt, steps=20)
+        results.append(model)
+    assert max_rel_error(*results) < 1e-10

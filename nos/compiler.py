@@ -308,7 +308,7 @@ def _scalars(program: Program, hyper: dict[str, float], t: int, total: int | Non
 def _coefficient(term: Term, env: list) -> float:
     c = term.sign
     for slot, reciprocal in term.factors:
-        c = c / env[slot] if reciprocal else c * env[slot]
+        c = OPS["div"].scalar(c, env[slot]) if reciprocal else c * env[slot]
     return c
 
 

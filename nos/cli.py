@@ -306,8 +306,61 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_search)
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
+    from nos import inspect
+    from nos.store import Store
+
+    for path in (args.plot, args.retrain_plot):
+        if path:
+            _check_writable(path)
+    with ExitStack() as stack:
+        stores = [stack.enter_context(Store.open(d, readonly=args.retrain is None))
+                  for d in args.dirs]
+        if args.rule is not None:
+            print(inspect.show_rule(stores[0], args.rule))
+            return 0
+        if args.retrain is not None:
+            print(inspect.retrain(stores[0], args.retrain, args.epochs, args.seeds, args.task,
+                                  plot=args.retrain_plot, progress=not args.json))
+        infos = [inspect.summary(s, args.top) for s in stores]
+        if args.json:
+            print(json.dumps(infos if len(infos) > 1 else infos[0]))
+        else:
+            for info in infos:
+                inspect.print_summary(info, latex=args.latex)
+        if args.plot:
+            inspect.plot_rewards(stores, args.plot)
+            if not args.json:
+                print(f"rewards plotted to {args.plot}")
+    return 0
+
+
+def _add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="show what a search found",
+                       description="Show a run's best distinct rules, its counts by status and "
+                       "speed; plot rewards (several runs: one line each); re-train the top "
+                       "rules against the baselines, on the same or another task.")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="results directories")
+    p.add_argument("--top", type=_positive_int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--latex", action="store_true", help="the top rules as LaTeX")
+    p.add_argument("--rule", type=int, default=None, metavar="ID",
+                   help="one evaluation in full, prelude expanded")
+    p.add_argument("--plot", default=None, metavar="PNG", help="rewards in order")
+    p.add_argument("--retrain", type=_positive_int, default=None, metavar="K",
+                   help="train the top K rules and the baselines again")
+    p.add_argument("--epochs", type=float, default=None, help="(--retrain) epochs")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="(--retrain) seeds")
+    p.add_argument("--task", default=None, help="(--retrain) another task, to test transfer")
+    p.add_argument("--retrain-plot", default=None, metavar="PNG",
+                   help="(--retrain) validation curves of the re-trained rules")
+    p.set_defaults(handler=cmd_inspect)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_parse, _add_eval, _add_baselines, _add_search,
+    _add_parse, _add_eval, _add_baselines, _add_search, _add_inspect,
 ]
 
 

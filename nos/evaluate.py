@@ -92,17 +92,21 @@ def _accuracy_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: t
 def _train(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, seed: int,
            batch_size: int, device: torch.device, deadline: float, schedule: Any = None,
            snapshots: int = 0, explode: float = 20.0, progress: bool = False) -> _Run:
-    from nos.schedules import from_config, sgdr_cycle_ends
-
     torch.manual_seed(seed)
     model = task.build_model().to(device)
     n = len(data.train_x)
     per_epoch = max(1, math.ceil(n / batch_size))
     total = max(1, round(epochs * per_epoch))
     opt = Optimizer(model.parameters(), rule, lr=lr, total_steps=total, seed=seed)
-    scheduler = from_config(schedule, opt, total)
+    scheduler = None
+    if schedule is not None:
+        from nos.schedules import from_config
+
+        scheduler = from_config(schedule, opt, total)
     snapshot_at: set[int] = set()
     if snapshots:
+        from nos.schedules import sgdr_cycle_ends
+
         cfg = schedule if isinstance(schedule, dict) else {}
         ends = sgdr_cycle_ends(int(cfg.get("T_0", total)), int(cfg.get("T_mult", 1)), total)
         snapshot_at = set(ends[-snapshots:])

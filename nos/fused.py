@@ -13,7 +13,7 @@ kernel may order the arithmetic differently.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,8 +7,8 @@ Used by ``nos inspect``; every function takes an open :class:`nos.store.Store`.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from nos.parser import parse
 from nos.report import mean_spread, plot_curves, table

@@ -60,6 +60,8 @@ class Search:
         self.budget, self.batch_size, self.seed = search["budget"], search["batch"], search["seed"]
         self.controller = make_controller(search["controller"], self.space, seed=self.seed,
                                           **config["controller"])
+        self.cache = search["cache"]
+        self.waiting: dict[str, list[Evaluation]] = {}  # fingerprint -> rows waiting on it
         self.max_attempts = config["workers"]["max_attempts"]
         self.time_limit = config["evaluation"]["time_limit"]
         self.floor = config["evaluation"]["floor"]
@@ -89,8 +91,54 @@ class Search:
             except RuleSyntaxError:
                 text = p.text
             rows.append((p.tokens, text))
-        ids = store.add_proposals(batch, rows)
-        return [e for e in store.batch(batch) if e.id in set(ids)]
+        ids = set(store.add_proposals(batch, rows))
+        return self._admit(store, [e for e in store.batch(batch) if e.id in ids])
+
+    def _admit(self, store: Store, rows: list[Evaluation]) -> list[Evaluation]:
+        """The rows that need a training; the others are recorded now.
+
+        A rule pruned by its probe is recorded ``invalid`` or ``degenerate``; one that
+        behaves like a rule already trained is recorded ``cached`` with its reward; one
+        like a rule being trained now waits for that result.
+        """
+        if not self.cache:
+            return rows
+        from nos.fingerprint import fingerprint
+
+        train = []
+        for row in rows:
+            probe = fingerprint(row.rule)
+            if probe.status != "ok":
+                store.record(row.id, status=probe.status, reward=self.floor, error=probe.reason,
+                             details={"pruned": True})
+                continue
+            store.set_fingerprint(row.id, probe.digest)
+            row = store.get(row.id)
+            if self._reuse(store, row):
+                continue
+            if probe.digest in self.waiting:
+                self.waiting[probe.digest].append(row)
+            else:
+                self.waiting[probe.digest] = []
+                train.append(row)
+        return train
+
+    def _reuse(self, store: Store, row: Evaluation) -> bool:
+        original = store.cached_result(row.fingerprint) if row.fingerprint else None
+        if original is None or original.id == row.id:
+            return False
+        store.record(row.id, status="cached", reward=original.reward, lr=original.lr,
+                     test_metric=original.test_metric, seconds=0.0,
+                     details={"cached_from": original.id})
+        return True
+
+    def _release(self, store: Store, row: Evaluation, queue: deque) -> None:
+        """After row's result: rows that waited on its fingerprint reuse it, or train."""
+        waiters = self.waiting.pop(row.fingerprint, []) if row.fingerprint else []
+        for waiter in waiters:
+            if not self._reuse(store, waiter):
+                queue.append(waiter)
+                self.waiting[waiter.fingerprint] = []
 
     def _tell_ready(self, store: Store, next_tell: int, asked_batches: int) -> int:
         """Tell every complete batch, in order; returns the next batch to tell."""
@@ -117,7 +165,7 @@ class Search:
         with Store.create_or_open(self.out, identity(self.config)) as store:
             next_tell = self._restore(store)
             asked_batches = max((e.batch for e in store.evaluations()), default=-1) + 1
-            queue = deque(store.pending())
+            queue = deque(self._admit(store, store.pending()))
             need = workers_wanted * self.config["workers"]["num_cpus"]
             started_ray = start_ray(self.address, need, self.config["workers"]["num_gpus"]
                                     * workers_wanted or None)
@@ -167,6 +215,8 @@ class Search:
                     self._failed_attempt(store, row, queue, err)
                 else:
                     self._record(store, row, result)
+                if store.get(row.id).status != "pending":
+                    self._release(store, row, queue)
                 free.append(worker)
                 if bar is not None:
                     self._advance(bar, store)
@@ -206,6 +256,7 @@ class Search:
                 ray.kill(worker, no_restart=False)
                 store.record(row.id, status="timeout", reward=self.floor,
                              error=f"no result after {now - since:.0f} s; worker restarted")
+                self._release(store, row, queue)
                 free.append(worker)
 
     # --- reporting -------------------------------------------------------------------

@@ -1,15 +1,22 @@
 """Learning-rate schedules by name, from configs and from Python.
 
-The schedules of the seed article: the Transformer's warm-up, cosine
-annealing, SGDR warm restarts (Loshchilov & Hutter, 2017), cyclical learning
-rates (Smith, 2017) and linear warm-up followed by cosine.  Each is built on
-``torch.optim.lr_scheduler`` where torch has it; only the Transformer's
-formula is written here (as a ``LambdaLR``).  Schedulers step once per
-optimizer step.
+The schedules of the seed article (Ruder, "Optimization for Deep Learning
+Highlights in 2017"): the Transformer's warm-up, cosine annealing, SGDR warm
+restarts (Loshchilov & Hutter, 2017), cyclical learning rates (Smith, 2017)
+and linear warm-up followed by cosine, plus step and exponential decay.
+
+Each schedule is a ``torch.optim.lr_scheduler`` scheduler; torch's own class
+is used wherever it has the schedule and only the Transformer's formula is
+written here (as a ``LambdaLR``).  Schedulers are stepped once per optimizer
+step, and their base learning rate (``lr`` below) is the optimizer group's
+``lr``.  Reading ``SCHEDULES`` is reading the list of what is offered; each
+builder's keyword-only parameters are the options its schedule accepts.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,59 +25,120 @@ from torch.optim import lr_scheduler
 
 LRScheduler = lr_scheduler.LRScheduler
 
+CYCLICAL_MODES = ("triangular", "triangular2", "exp_range")
 
-def _transformer(opt, total, d_model: float = 512, warmup: float = 4000, scale: float = 1.0):
+
+def _constant(opt: torch.optim.Optimizer, total: int | None) -> LRScheduler:
+    """``lr`` at every step."""
+    return lr_scheduler.LambdaLR(opt, _one)
+
+
+def _transformer(opt: torch.optim.Optimizer, total: int | None, *, d_model: float = 512,
+                 warmup: int = 4000, scale: float = 1.0) -> LRScheduler:
+    """``lr * scale * d_model^-0.5 * min(s^-0.5, s * warmup^-1.5)``, s = 1, 2, ...
+
+    Linear warm-up for ``warmup`` steps, then decay with the inverse square
+    root of the step (Vaswani et al., 2017, "Attention is all you need", 5.3).
+    """
+    _positive("d_model", d_model)
+    warmup = _positive_int("warmup", warmup)
+
     def factor(step: int) -> float:
-        s = step + 1  # LambdaLR starts at 0; the formula at 1
+        s = step + 1  # LambdaLR counts from 0, the formula from 1
         return scale * d_model ** -0.5 * min(s ** -0.5, s * warmup ** -1.5)
 
     return lr_scheduler.LambdaLR(opt, factor)
 
 
-def _cosine(opt, total, eta_min: float = 0.0):
-    return lr_scheduler.CosineAnnealingLR(opt, T_max=_need(total), eta_min=eta_min)
+def _cosine(opt: torch.optim.Optimizer, total: int | None, *,
+            eta_min: float = 0.0) -> LRScheduler:
+    """``eta_min + (lr - eta_min) * (1 + cos(pi * t / T)) / 2``, T = total_steps.
+
+    Cosine annealing (Loshchilov & Hutter, 2017, "SGDR", without restarts).
+    """
+    return lr_scheduler.CosineAnnealingLR(opt, T_max=_need_total("cosine", total),
+                                          eta_min=eta_min)
 
 
-def _sgdr(opt, total, T_0: int = 10, T_mult: int = 1, eta_min: float = 0.0):  # noqa: N803
-    return lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=int(T_0), T_mult=int(T_mult),
-                                                    eta_min=eta_min)
+def _sgdr(opt: torch.optim.Optimizer, total: int | None, *, T_0: int | None = None,  # noqa: N803
+          T_mult: int = 1, eta_min: float = 0.0) -> LRScheduler:
+    """``eta_min + (lr - eta_min) * (1 + cos(pi * T_cur / T_i)) / 2``.
+
+    SGD with warm restarts (Loshchilov & Hutter, 2017): T_cur counts the
+    steps since the last restart; the i-th cycle lasts T_i = T_0 * T_mult^i
+    steps, so restarts come at T_0, T_0 + T_0 * T_mult, ...  T_0 defaults to
+    total_steps (a single cycle).  ``sgdr_cycle_ends`` lists the cycle ends.
+    """
+    if T_0 is None:
+        if total is None:
+            raise ValueError("schedule 'sgdr' needs T_0 (or total_steps to default it to)")
+        T_0 = total  # noqa: N806
+    return lr_scheduler.CosineAnnealingWarmRestarts(
+        opt, T_0=_positive_int("T_0", T_0), T_mult=_positive_int("T_mult", T_mult),
+        eta_min=eta_min)
 
 
-def _cyclical(opt, total, base_lr: float = 1e-3, max_lr: float = 1e-2,
-              step_size_up: int = 100, mode: str = "triangular", gamma: float = 1.0):
-    return lr_scheduler.CyclicLR(opt, base_lr=base_lr, max_lr=max_lr,
-                                 step_size_up=int(step_size_up), mode=mode, gamma=gamma,
-                                 cycle_momentum=False)
+def _cyclical(opt: torch.optim.Optimizer, total: int | None, *, base_lr: float | None = None,
+              max_lr: float | None = None, step_size_up: int | None = None,
+              mode: str = "triangular", gamma: float = 1.0,
+              cycle_momentum: bool = False) -> LRScheduler:
+    """Cyclical learning rates (Smith, 2017, "Cyclical learning rates for training NNs").
+
+    triangular: ``base_lr + (max_lr - base_lr) * max(0, 1 - x)`` with
+    ``cycle = floor(1 + t / (2 * step_size_up))`` and
+    ``x = |t / step_size_up - 2 * cycle + 1|``; triangular2 halves the
+    amplitude each cycle, exp_range scales it by ``gamma^t``.  base_lr
+    defaults to the group's lr, max_lr to 4 * base_lr (Smith's advice that
+    base_lr be a third to a quarter of max_lr), step_size_up to
+    total_steps // 8 (four cycles) or torch's 2000.
+    """
+    if mode not in CYCLICAL_MODES:
+        raise ValueError(f"unknown cyclical mode {mode!r}; allowed: {', '.join(CYCLICAL_MODES)}")
+    groups = len(opt.param_groups)
+    base = [g["lr"] for g in opt.param_groups] if base_lr is None else [base_lr] * groups
+    peak = [4 * lr for lr in base] if max_lr is None else [max_lr] * groups
+    if any(top <= low for low, top in zip(base, peak, strict=True)):
+        raise ValueError(f"max_lr must exceed base_lr, got max_lr={peak} and base_lr={base}")
+    if step_size_up is None:
+        step_size_up = max(1, total // 8) if total is not None else 2000
+    return lr_scheduler.CyclicLR(opt, base_lr=base, max_lr=peak,
+                                 step_size_up=_positive_int("step_size_up", step_size_up),
+                                 mode=mode, gamma=gamma, cycle_momentum=cycle_momentum)
 
 
-def _warmup_cosine(opt, total, warmup: int = 100, start_factor: float = 0.01,
-                   eta_min: float = 0.0):
-    total = _need(total)
-    warmup = int(min(warmup, total - 1)) if total > 1 else 0
-    if warmup <= 0:
-        return lr_scheduler.CosineAnnealingLR(opt, T_max=total, eta_min=eta_min)
-    first = lr_scheduler.LinearLR(opt, start_factor=start_factor, end_factor=1.0,
-                                  total_iters=warmup)
-    second = lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=eta_min)
-    return lr_scheduler.SequentialLR(opt, [first, second], milestones=[warmup])
+def _warmup_cosine(opt: torch.optim.Optimizer, total: int | None, *, warmup: int | None = None,
+                   start_factor: float = 0.01, eta_min: float = 0.0) -> LRScheduler:
+    """Linear warm-up, then cosine annealing over the remaining steps.
+
+    ``lr * (start_factor + (1 - start_factor) * t / warmup)`` for t < warmup,
+    then ``eta_min + (lr - eta_min) * (1 + cos(pi * (t - warmup) / (T - warmup))) / 2``
+    with T = total_steps (Goyal et al., 2017 warm-up; Loshchilov & Hutter, 2017).
+    warmup defaults to 5% of total_steps (Goyal et al. warm up 5 of 90 epochs).
+    """
+    total = _need_total("warmup_cosine", total)
+    warmup = total // 20 if warmup is None else _int("warmup", warmup)
+    if not 0 <= warmup < total:
+        raise ValueError(f"warmup must be in [0, total_steps={total}), got {warmup}")
+    if not 0 < start_factor <= 1:
+        raise ValueError(f"start_factor must be in (0, 1], got {start_factor}")
+    cosine = lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=eta_min)
+    if warmup == 0:
+        return cosine
+    linear = lr_scheduler.LinearLR(opt, start_factor=start_factor, end_factor=1.0,
+                                   total_iters=warmup)
+    return lr_scheduler.SequentialLR(opt, [linear, cosine], milestones=[warmup])
 
 
-def _constant(opt, total):
-    return lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+def _step(opt: torch.optim.Optimizer, total: int | None, *, step_size: int = 100,
+          gamma: float = 0.1) -> LRScheduler:
+    """``lr * gamma^floor(t / step_size)``: step decay."""
+    return lr_scheduler.StepLR(opt, step_size=_positive_int("step_size", step_size), gamma=gamma)
 
 
-def _step(opt, total, step_size: int = 100, gamma: float = 0.1):
-    return lr_scheduler.StepLR(opt, step_size=int(step_size), gamma=gamma)
-
-
-def _exponential(opt, total, gamma: float = 0.999):
+def _exponential(opt: torch.optim.Optimizer, total: int | None, *,
+                 gamma: float = 0.999) -> LRScheduler:
+    """``lr * gamma^t``: exponential decay."""
     return lr_scheduler.ExponentialLR(opt, gamma=gamma)
-
-
-def _need(total: int | None) -> int:
-    if total is None:
-        raise ValueError("this schedule needs total_steps")
-    return int(total)
 
 
 SCHEDULES: dict[str, Callable[..., LRScheduler]] = {
@@ -86,20 +154,30 @@ SCHEDULES: dict[str, Callable[..., LRScheduler]] = {
 
 
 def schedule_names() -> list[str]:
+    """The names ``make_scheduler`` and ``from_config`` accept."""
     return list(SCHEDULES)
+
+
+def schedule_options(name: str) -> list[str]:
+    """The options schedule ``name`` accepts."""
+    return list(_options(_lookup(name)))
 
 
 def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int | None = None,
                    **options: Any) -> LRScheduler:
-    """A scheduler by name; unknown names and options are refused with the allowed ones."""
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
-    build = SCHEDULES[name]
-    allowed = list(build.__code__.co_varnames[2:build.__code__.co_argcount])
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} for schedule {name!r}; "
-                         f"allowed: {', '.join(allowed) or 'none'}")
+    """The schedule ``name`` on ``optimizer``, to be stepped once per optimizer step.
+
+    Unknown names and options are refused with the allowed ones listed, and a
+    missing required option (total_steps for cosine) is named.
+    """
+    build = _lookup(name)
+    allowed = _options(build)
+    for key in options:
+        if key not in allowed:
+            raise ValueError(f"unknown option {key!r} for schedule {name!r}; "
+                             f"allowed: {', '.join(allowed) or 'none'}")
+    if total_steps is not None:
+        total_steps = _positive_int("total_steps", total_steps)
     return build(optimizer, total_steps, **options)
 
 
@@ -110,34 +188,78 @@ def from_config(cfg: dict | str | None, optimizer: torch.optim.Optimizer,
         return None
     if isinstance(cfg, str):
         return make_scheduler(cfg, optimizer, total_steps)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"a schedule is a name or a table, got {type(cfg).__name__} {cfg!r}")
     if "name" not in cfg:
-        raise ValueError(f"a schedule table needs a 'name'; known: {', '.join(SCHEDULES)}")
-    options = {k: v for k, v in cfg.items() if k != "name"}
+        raise ValueError(f"schedule table {cfg!r} needs a 'name'; known: {', '.join(SCHEDULES)}")
+    options = {key: value for key, value in cfg.items() if key != "name"}
     return make_scheduler(cfg["name"], optimizer, total_steps, **options)
 
 
 def sgdr_cycle_ends(T_0: int, T_mult: int, total_steps: int) -> list[int]:  # noqa: N803
-    """Scheduler steps (counted from 1) at which each SGDR cycle ends, within total_steps."""
-    ends, length, end = [], int(T_0), 0
-    while end + length <= total_steps:
-        end += length
+    """Where each SGDR cycle ends, as the number of scheduler steps taken so far.
+
+    The cycles last T_0, T_0 * T_mult, T_0 * T_mult^2, ... steps, so they end
+    after T_0, T_0 + T_0 * T_mult, ... steps; only ends <= total_steps are
+    listed.  After that many steps the learning rate restarts at ``lr``, so
+    these are the moments a snapshot ensemble (Huang et al., 2017) saves the
+    model.
+    """
+    T_0, T_mult = _positive_int("T_0", T_0), _positive_int("T_mult", T_mult)  # noqa: N806
+    ends, end, length = [], T_0, T_0
+    while end <= total_steps:
         ends.append(end)
-        length *= max(1, int(T_mult))
+        length *= T_mult
+        end += length
     return ends
 
 
-def lr_at(cfg: dict | str | None, base_lr: float, total_steps: int, steps: int) -> list[float]:
-    """The learning rate at each of the first ``steps`` steps (for plots and tests)."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([param], lr=base_lr)
-    scheduler = from_config(cfg, opt, total_steps)
-    values = []
-    for _ in range(steps):
-        values.append(opt.param_groups[0]["lr"])
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
-    return values
+def _one(step: int) -> float:
+    return 1.0
 
 
-__all__ = ["from_config", "lr_at", "make_scheduler", "schedule_names", "sgdr_cycle_ends"]
+def _lookup(name: str) -> Callable[..., LRScheduler]:
+    if not isinstance(name, str) or name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name]
+
+
+def _options(build: Callable[..., LRScheduler]) -> dict[str, Any]:
+    return {p.name: p.default for p in inspect.signature(build).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _need_total(name: str, total: int | None) -> int:
+    if total is None:
+        raise ValueError(f"schedule {name!r} needs total_steps")
+    return total
+
+
+def _int(key: str, value: Any) -> int:
+    """``value`` as an int: TOML and the CLI may give ``10.0`` for ``10``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be an integer, got {value!r}")
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        value = int(value)
+    return value
+
+
+def _positive_int(key: str, value: Any) -> int:
+    value = _int(key, value)
+    if value < 1:
+        raise ValueError(f"{key} must be a positive integer, got {value}")
+    return value
+
+
+def _positive(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{key} must be a positive number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be finite, got {value!r}")
+    return float(value)
+
+
+__all__ = ["SCHEDULES", "from_config", "make_scheduler", "schedule_names", "schedule_options",
+           "sgdr_cycle_ends"]

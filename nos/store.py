@@ -1,81 +1,105 @@
-"""Every result of a run, in SQLite: ``DIR/nos.db``.
+"""A run's results in ``DIR/nos.db``: every proposal, its evaluation, the controller's
+checkpoints and later re-trainings, kept so that a search killed at any instant resumes.
 
-One process (the search driver) writes, holding ``DIR/nos.lock``; readers
-(``nos inspect``) may read at any time.  The database is in WAL mode with
-``synchronous=FULL``: every write is one transaction, and a committed
-transaction survives the writer being killed at any instant (the threat here
-is a killed process, and FULL also covers a lost machine).  SQL is only ever
-written with bound parameters.
+Durability: the database is in WAL mode with ``synchronous=NORMAL``. A commit writes its
+WAL frames with ``write()`` before it returns, so once a write method here returns, the
+row is in the operating system and survives the process being killed (SIGKILL included);
+only a power loss or kernel crash could take back the last commits, and even then the
+database stays consistent (SQLite's WAL recovery drops uncommitted frames). Each write
+method is one ``BEGIN IMMEDIATE ... COMMIT`` transaction, so a kill leaves it all or
+nothing. One process writes (``create_or_open`` takes ``DIR/nos.lock``); readers such as
+``nos inspect`` use ``Store.open`` and read concurrently through the WAL.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import math
+import operator
 import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 DB_NAME = "nos.db"
 LOCK_NAME = "nos.lock"
 FORMAT = "nos-run"
-VERSION = "1"
-STATUSES = ("pending", "ok", "diverged", "timeout", "invalid", "failed", "cached", "degenerate")
-FINISHED = tuple(s for s in STATUSES if s != "pending")
+VERSION = 1
+FINISHED = ("ok", "diverged", "timeout", "invalid", "failed", "cached", "degenerate")
+STATUSES = ("pending", *FINISHED)
+TRAINED = ("ok", "diverged", "timeout")  # results worth reusing for an identical rule
 KEEP_CHECKPOINTS = 3
+BUSY_TIMEOUT_S = 30.0
+SQLITE_HEADER = b"SQLite format 3\x00"
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS evaluations (
-    id INTEGER PRIMARY KEY,
-    batch INTEGER NOT NULL,
-    tokens TEXT NOT NULL,
-    rule TEXT NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending',
-    reward REAL, lr REAL, test_metric REAL, seconds REAL,
-    worker TEXT, node TEXT,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT, fingerprint TEXT, details TEXT,
-    asked_at REAL, started_at REAL, finished_at REAL
-);
-CREATE INDEX IF NOT EXISTS evaluations_status ON evaluations (status);
-CREATE INDEX IF NOT EXISTS evaluations_fingerprint ON evaluations (fingerprint);
-CREATE INDEX IF NOT EXISTS evaluations_batch ON evaluations (batch);
-CREATE TABLE IF NOT EXISTS checkpoints (
-    id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, told INTEGER NOT NULL,
-    state BLOB NOT NULL, created REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS retrains (
-    id INTEGER PRIMARY KEY, rule TEXT NOT NULL, source TEXT NOT NULL, task TEXT NOT NULL,
-    seed INTEGER, epochs REAL, status TEXT, reward REAL, lr REAL, test_metric REAL,
-    seconds REAL, details TEXT, created REAL NOT NULL
-);
-"""
+SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE evaluations (
+        id INTEGER PRIMARY KEY,
+        batch INTEGER NOT NULL,
+        tokens TEXT NOT NULL,
+        rule TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'ok', 'diverged',
+            'timeout', 'invalid', 'failed', 'cached', 'degenerate')),
+        reward REAL, lr REAL, test_metric REAL, seconds REAL,
+        worker TEXT, node TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        error TEXT, fingerprint TEXT, details TEXT,
+        asked_at REAL NOT NULL, started_at REAL, finished_at REAL)""",
+    """CREATE TABLE checkpoints (
+        id INTEGER PRIMARY KEY, batch INTEGER NOT NULL, told INTEGER NOT NULL,
+        state BLOB NOT NULL, created REAL NOT NULL)""",
+    """CREATE TABLE retrains (
+        id INTEGER PRIMARY KEY, rule TEXT NOT NULL, source TEXT NOT NULL, task TEXT,
+        seed INTEGER, epochs REAL, status TEXT, reward REAL, lr REAL, test_metric REAL,
+        seconds REAL, details TEXT, created REAL NOT NULL)""",
+)
+INDEXES = (  # also added, if missing, to runs written by an earlier store
+    "CREATE INDEX IF NOT EXISTS evaluations_status ON evaluations (status)",
+    "CREATE INDEX IF NOT EXISTS evaluations_fingerprint ON evaluations (fingerprint)",
+    "CREATE INDEX IF NOT EXISTS evaluations_batch ON evaluations (batch)",
+    "CREATE INDEX IF NOT EXISTS evaluations_rule ON evaluations (rule)",
+    "CREATE INDEX IF NOT EXISTS evaluations_reward ON evaluations (reward DESC, id)",
+)
+EVAL_COLUMNS = ("id, batch, tokens, rule, status, reward, lr, test_metric, seconds, worker, "
+                "node, attempts, error, fingerprint, details, asked_at, started_at, finished_at")
+_SELECT = "SELECT " + EVAL_COLUMNS + " FROM evaluations "
+EVAL_QUERIES = {  # constant SQL only; every value is a bound parameter
+    "all": _SELECT + "ORDER BY id",
+    "id": _SELECT + "WHERE id = ?",
+    "status": _SELECT + "WHERE status = ? ORDER BY id",
+    "batch": _SELECT + "WHERE batch = ? ORDER BY id",
+    "fingerprint": _SELECT + "WHERE fingerprint = ? AND status IN (?, ?, ?) ORDER BY id LIMIT 1",
+}
+RANKED = ("ok", "diverged", "timeout", "cached")  # rows whose reward comes from a training
+RETRAIN_FIELDS = ("rule", "source", "task", "seed", "epochs", "status", "reward", "lr",
+                  "test_metric", "seconds", "details")
 
 
 class StoreError(ValueError):
-    """A run directory or database that cannot be used (one-line message)."""
+    """A run database that cannot be used as asked; the message is one line."""
 
 
 class NotARunError(StoreError):
-    pass
+    """The path is not a nos run (missing, not SQLite, or SQLite without the marker)."""
 
 
 class ConfigMismatchError(StoreError):
-    pass
+    """The run exists with another config."""
 
 
 class RunLockedError(StoreError):
-    pass
+    """Another live process holds the run."""
 
 
 @dataclass(frozen=True)
 class Evaluation:
+    """One proposal and, once recorded, its result. NaN rewards read back as None."""
+
     id: int
     batch: int
     tokens: tuple[int, ...]
@@ -90,107 +114,91 @@ class Evaluation:
     attempts: int
     error: str | None
     fingerprint: str | None
-    details: dict | None
-    asked_at: float | None
+    details: dict = field(hash=False)
+    asked_at: float
     started_at: float | None
     finished_at: float | None
 
-
-_COLUMNS = ", ".join(Evaluation.__dataclass_fields__)
-
-
-def _evaluation(row: tuple) -> Evaluation:
-    values = list(row)
-    values[2] = tuple(json.loads(values[2]))
-    values[14] = json.loads(values[14]) if values[14] else None
-    return Evaluation(*values)
-
-
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
-        return out
-    return [] if old == new else [f"{prefix[:-1]} (was {old!r}, now {new!r})"]
-
-
-def _db_path(path: Path) -> Path:
-    return path / DB_NAME if path.is_dir() else path
+    @classmethod
+    def from_row(cls, row: tuple) -> Evaluation:
+        values = list(row)
+        values[2] = tuple(json.loads(values[2]))
+        values[14] = json.loads(values[14]) if values[14] else {}
+        return cls(*values)
 
 
 class Store:
-    """The results of one run.  Open with :meth:`create_or_open` to write, :meth:`open` to read."""
+    """An open run database; use as a context manager or call :meth:`close`."""
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, lock: int | None) -> None:
-        self.path = path
+    def __init__(self, conn: sqlite3.Connection, run_dir: Path, config: dict,
+                 readonly: bool, lock_fd: int | None = None) -> None:
         self._conn = conn
-        self._lock = lock
-        self.config: dict = json.loads(self._meta("config"))
+        self._readonly = readonly
+        self._lock_fd = lock_fd
+        self.path = run_dir
+        self.config = config
 
     # --- opening ---------------------------------------------------------------------
 
     @classmethod
     def create_or_open(cls, out_dir: str | Path, config: dict) -> Store:
-        """Create DIR and its database, or reopen a run with the same config (to resume)."""
-        out = Path(out_dir)
-        if out.exists() and not out.is_dir():
-            raise StoreError(f"cannot use {out}: it is a file, not a directory")
-        if out.exists() and not os.access(out, os.W_OK | os.X_OK):
-            raise StoreError(f"cannot write to {out}: permission denied")
-        if (out / DB_NAME).exists():
-            _check_run(out / DB_NAME)
-            old = json.loads(_read_meta(out / DB_NAME, "config"))
-            wanted = json.loads(json.dumps(config, sort_keys=True))
-            diff = _differences(old, wanted)
-            if diff:
-                raise ConfigMismatchError(
-                    f"{out} holds a run with another config: {'; '.join(diff[:3])}"
-                    f"{' ...' if len(diff) > 3 else ''}; use another --out to start a new run")
+        """Open the run in ``out_dir`` for writing, creating it if missing; the run must
+        have been created with the same ``config``. Holds ``out_dir/nos.lock`` until close."""
+        run_dir = Path(out_dir)
+        db = run_dir / DB_NAME
+        config_json = _canonical_json(config)
+        _make_writable_dir(run_dir)
+        if db.is_file() and db.stat().st_size > 0:  # refused before the lock: nothing written
+            _check_config(run_dir, _probe_meta(db)["config"], config_json)
+        lock_fd = _lock(run_dir)
+        conn = None
         try:
-            out.mkdir(parents=True, exist_ok=True)
-            lock = os.open(out / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
-        except OSError as err:
-            raise StoreError(f"cannot create {out}: {err.strerror}") from None
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(lock)
-            raise RunLockedError(f"{out} is in use by another nos search") from None
-        try:
-            conn = _connect(out / DB_NAME)
-            with _transaction(conn):
-                _create_schema(conn)
-                for key, value in (("format", FORMAT), ("version", VERSION),
-                                   ("config", json.dumps(config, sort_keys=True)),
-                                   ("created", repr(time.time()))):
-                    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
-                                 (key, value))
-        except (sqlite3.Error, OSError) as err:
-            os.close(lock)
-            raise StoreError(f"cannot create the database in {out}: {err}") from None
-        return cls(out, conn, lock)
+            if db.exists() and db.stat().st_size > 0:
+                _check_header(db)
+                if not os.access(db, os.R_OK | os.W_OK):
+                    raise StoreError(f"cannot write to {db} (permission denied)")
+            conn = _connect(db, "rwc")
+            # A creation killed before its commit leaves a database with no tables.
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                _initialize(conn, db, config_json)
+            else:
+                _check_config(run_dir, _read_meta(conn, db)["config"], config_json)
+                _enable_wal(conn, db)
+                with _transaction(conn):
+                    for statement in INDEXES:
+                        conn.execute(statement)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            return cls(conn, run_dir, json.loads(config_json), readonly=False, lock_fd=lock_fd)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            _unlock(lock_fd)
+            raise
 
     @classmethod
     def open(cls, path: str | Path, readonly: bool = True) -> Store:
-        """An existing run (its directory or its nos.db), without the writer's lock."""
-        path = Path(path)
-        db = _db_path(path)
-        _check_run(db)
-        mode = "ro" if readonly else "rw"
+        """Open an existing run (its directory or its ``nos.db``) without the lock.
+        Creates no file when ``path`` is not a run."""
+        db, run_dir = _locate(path)
+        _probe_meta(db)
+        conn = _connect(db, "ro" if readonly else "rw")
         try:
-            conn = sqlite3.connect(f"file:{db}?mode={mode}", uri=True, isolation_level=None,
-                                   timeout=30)
-            conn.execute("PRAGMA busy_timeout = 30000")
-        except sqlite3.Error as err:
-            raise NotARunError(f"{path} is not a nos run: {err}") from None
-        return cls(db.parent, conn, None)
+            config = json.loads(_read_meta(conn, db)["config"])
+            if not readonly:
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn, run_dir, config, readonly=readonly)
 
     def close(self) -> None:
-        self._conn.close()
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        """Close the database and release the lock; closing twice is harmless."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._lock_fd is not None:
+            _unlock(self._lock_fd)
+            self._lock_fd = None
 
     def __enter__(self) -> Store:
         return self
@@ -198,204 +206,420 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _meta(self, key: str) -> str:
-        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        if row is None:
-            raise NotARunError(f"{self.path} is not a nos run: no {key}")
-        return row[0]
-
-    # --- evaluations -------------------------------------------------------------------
+    # --- evaluations -----------------------------------------------------------------
 
     def add_proposals(self, batch: int, proposals: Sequence[tuple[Sequence[int], str]]
                       ) -> list[int]:
+        """Insert the proposals of one controller batch as pending rows; returns their ids."""
+        batch = _index("batch", batch)
+        rows = [(json.dumps(_tokens(tokens)), _text("rule", rule)) for tokens, rule in proposals]
         now = time.time()
-        with _transaction(self._conn):
-            ids = []
-            for tokens, rule in proposals:
-                cursor = self._conn.execute(
-                    "INSERT INTO evaluations (batch, tokens, rule, asked_at) VALUES (?, ?, ?, ?)",
-                    (batch, json.dumps([int(t) for t in tokens]), rule, now))
-                ids.append(cursor.lastrowid)
-        return ids
-
-    def _select(self, where: str = "", params: tuple = ()) -> list[Evaluation]:
-        query = {"": "SELECT {} FROM evaluations ORDER BY id",
-                 "status": "SELECT {} FROM evaluations WHERE status = ? ORDER BY id",
-                 "batch": "SELECT {} FROM evaluations WHERE batch = ? ORDER BY id",
-                 "id": "SELECT {} FROM evaluations WHERE id = ?",
-                 "fingerprint": "SELECT {} FROM evaluations WHERE fingerprint = ? AND status IN "
-                                "('ok', 'diverged', 'timeout') ORDER BY id LIMIT 1"}[where]
-        return [_evaluation(r) for r in self._conn.execute(query.format(_COLUMNS), params)]
-
-    def pending(self) -> list[Evaluation]:
-        return self._select("status", ("pending",))
-
-    def batch(self, batch: int) -> list[Evaluation]:
-        return self._select("batch", (batch,))
-
-    def get(self, eval_id: int) -> Evaluation | None:
-        rows = self._select("id", (eval_id,))
-        return rows[0] if rows else None
-
-    def evaluations(self, status: str | None = None) -> list[Evaluation]:
-        return self._select("status", (status,)) if status else self._select()
+        with self._write() as conn:
+            return [conn.execute("INSERT INTO evaluations (batch, tokens, rule, asked_at) "
+                                 "VALUES (?, ?, ?, ?)", (batch, tokens, rule, now)).lastrowid
+                    for tokens, rule in rows]
 
     def mark_started(self, eval_id: int, worker: str, node: str) -> None:
-        with _transaction(self._conn):
-            self._conn.execute(
-                "UPDATE evaluations SET started_at = ?, attempts = attempts + 1, worker = ?, "
-                "node = ? WHERE id = ? AND status = 'pending'",
-                (time.time(), worker, node, eval_id))
+        """Note that a pending evaluation was handed to a worker (attempts += 1)."""
+        eval_id = _index("eval_id", eval_id)
+        with self._write() as conn:
+            cur = conn.execute("UPDATE evaluations SET started_at = ?, attempts = attempts + 1, "
+                               "worker = ?, node = ? WHERE id = ? AND status = 'pending'",
+                               (time.time(), worker, node, eval_id))
+            if cur.rowcount == 0:
+                self._require_id(eval_id)
 
     def record(self, eval_id: int, *, status: str, reward: float, lr: float | None = None,
                test_metric: float | None = None, seconds: float | None = None,
                worker: str | None = None, node: str | None = None, error: str | None = None,
                fingerprint: str | None = None, details: dict | None = None) -> bool:
-        """Record a pending evaluation's result; an already recorded one is left as it is."""
-        if status not in FINISHED:
-            raise ValueError(f"unknown status {status!r}; allowed: {', '.join(FINISHED)}")
-        with _transaction(self._conn):
-            cursor = self._conn.execute(
+        """Record the result of a pending evaluation; returns False, changing nothing, when
+        the evaluation was already recorded."""
+        eval_id = _index("eval_id", eval_id)
+        values = (_status(status, FINISHED), _real("reward", reward), _real("lr", lr),
+                  _real("test_metric", test_metric), _real("seconds", seconds), worker, node,
+                  error, fingerprint, _details_json(details), time.time(), eval_id)
+        with self._write() as conn:
+            cur = conn.execute(
                 "UPDATE evaluations SET status = ?, reward = ?, lr = ?, test_metric = ?, "
                 "seconds = ?, worker = COALESCE(?, worker), node = COALESCE(?, node), "
-                "error = ?, fingerprint = COALESCE(?, fingerprint), details = ?, "
-                "finished_at = ? WHERE id = ? AND status = 'pending'",
-                (status, reward, lr, test_metric, seconds, worker, node, error, fingerprint,
-                 json.dumps(details) if details is not None else None, time.time(), eval_id))
-        return cursor.rowcount == 1
+                "error = ?, fingerprint = COALESCE(?, fingerprint), details = ?, finished_at = ? "
+                "WHERE id = ? AND status = 'pending'", values)
+            if cur.rowcount == 0:
+                self._require_id(eval_id)
+            return cur.rowcount == 1
 
-    def set_fingerprint(self, eval_id: int, fingerprint: str) -> None:
-        with _transaction(self._conn):
-            self._conn.execute("UPDATE evaluations SET fingerprint = ? WHERE id = ?",
-                               (fingerprint, eval_id))
+    def set_fingerprint(self, eval_id: int, fingerprint: str) -> bool:
+        """Note a pending evaluation's functional fingerprint; False if already recorded."""
+        eval_id = _index("eval_id", eval_id)
+        with self._write() as conn:
+            cur = conn.execute("UPDATE evaluations SET fingerprint = ? "
+                               "WHERE id = ? AND status = 'pending'",
+                               (_text("fingerprint", fingerprint), eval_id))
+            if cur.rowcount == 0:
+                self._require_id(eval_id)
+            return cur.rowcount == 1
 
-    def cached_result(self, fingerprint: str) -> Evaluation | None:
-        rows = self._select("fingerprint", (fingerprint,))
+    def get(self, eval_id: int) -> Evaluation | None:
+        rows = self._evaluations("id", (_index("eval_id", eval_id),))
         return rows[0] if rows else None
+
+    def pending(self) -> list[Evaluation]:
+        return self.evaluations("pending")
+
+    def batch(self, batch: int) -> list[Evaluation]:
+        return self._evaluations("batch", (_index("batch", batch),))
+
+    def evaluations(self, status: str | None = None) -> list[Evaluation]:
+        if status is None:
+            return self._evaluations("all", ())
+        return self._evaluations("status", (_status(status),))
 
     def count(self, status: str | None = None) -> int:
         if status is None:
-            return self._conn.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
-        return self._conn.execute("SELECT COUNT(*) FROM evaluations WHERE status = ?",
-                                  (status,)).fetchone()[0]
+            return self._conn.execute("SELECT count(*) FROM evaluations").fetchone()[0]
+        return self._conn.execute("SELECT count(*) FROM evaluations WHERE status = ?",
+                                  (_status(status),)).fetchone()[0]
 
     def counts_by_status(self) -> dict[str, int]:
+        """Number of evaluations per status, for the statuses present."""
         return dict(self._conn.execute(
-            "SELECT status, COUNT(*) FROM evaluations GROUP BY status ORDER BY status"))
+            "SELECT status, count(*) FROM evaluations GROUP BY status ORDER BY status"))
+
+    def cached_result(self, fingerprint: str) -> Evaluation | None:
+        """The first trained result (ok, diverged, timeout) with this fingerprint."""
+        rows = self._evaluations("fingerprint", (fingerprint, *TRAINED))
+        return rows[0] if rows else None
 
     def top(self, k: int) -> list[dict]:
-        """The k best distinct rules: best reward, its lr and id, and how often sampled."""
-        rows = self._conn.execute(
-            "SELECT rule, MAX(reward), COUNT(*) FROM evaluations "
-            "WHERE status NOT IN ('pending', 'invalid', 'degenerate', 'failed') "
-            "AND reward IS NOT NULL GROUP BY rule ORDER BY MAX(reward) DESC, MIN(id) LIMIT ?",
-            (k,)).fetchall()
-        out = []
-        for rule, reward, _count in rows:
-            best_id, lr = self._conn.execute(
-                "SELECT id, lr FROM evaluations WHERE rule = ? AND reward = ? ORDER BY id "
-                "LIMIT 1", (rule, reward)).fetchone()
-            sampled = self._conn.execute("SELECT COUNT(*) FROM evaluations WHERE rule = ?",
-                                         (rule,)).fetchone()[0]
-            out.append({"rule": rule, "reward": reward, "lr": lr, "count": sampled,
-                        "id": best_id})
-        return out
+        """The best ``k`` distinct rule texts, best first: ``rule``, ``reward`` (its best),
+        ``lr`` and ``id`` of that best row, and ``count``, the number of times the rule was
+        proposed. Ranked are rows whose reward comes from a training (ok, diverged, timeout,
+        cached); pruned and failed rows only carry the floor reward."""
+        k = _index("k", k)
+        best: dict[str, dict] = {}
+        # Walks the reward index from the top, so the cost grows with k, not with the run.
+        cur = self._conn.execute("SELECT rule, reward, lr, id, status FROM evaluations "
+                                 "WHERE reward IS NOT NULL ORDER BY reward DESC, id")
+        try:
+            for rule, reward, lr, eval_id, status in cur:
+                if len(best) >= k:
+                    break
+                if status in RANKED and rule not in best:
+                    best[rule] = {"rule": rule, "reward": reward, "lr": lr, "id": eval_id}
+        finally:
+            cur.close()
+        for row in best.values():
+            row["count"] = self._conn.execute("SELECT count(*) FROM evaluations WHERE rule = ?",
+                                              (row["rule"],)).fetchone()[0]
+        return list(best.values())
 
     def speed(self) -> dict:
-        first, last, finished, trained, seconds = self._conn.execute(
-            "SELECT MIN(asked_at), MAX(finished_at), COUNT(finished_at), "
-            "SUM(status IN ('ok', 'diverged', 'timeout')), "
-            "SUM(CASE WHEN status IN ('ok', 'diverged', 'timeout') THEN seconds END) "
-            "FROM evaluations").fetchone()
-        wall = (last - first) if first is not None and last is not None else 0.0
+        """Finished evaluations, wall seconds from the first proposal to the last result,
+        evaluations per second over that span, and the mean seconds of a training (rows
+        trained: ok, diverged, timeout; cached and pruned rows cost next to nothing)."""
+        finished, last = self._conn.execute(
+            "SELECT count(*), max(finished_at) FROM evaluations "
+            "WHERE status != 'pending'").fetchone()
+        first = self._conn.execute("SELECT min(asked_at) FROM evaluations").fetchone()[0]
+        mean = self._conn.execute("SELECT avg(seconds) FROM evaluations WHERE status IN "
+                                  "(?, ?, ?)", TRAINED).fetchone()[0]
+        wall = max(last - first, 0.0) if finished else 0.0
         return {"evaluations": finished, "wall_seconds": wall,
                 "per_second": finished / wall if wall > 0 else 0.0,
-                "mean_seconds": (seconds or 0.0) / trained if trained else 0.0}
+                "mean_seconds": mean if mean is not None else 0.0}
 
-    # --- checkpoints and retrains ------------------------------------------------------
+    # --- checkpoints and re-trainings -------------------------------------------------
 
     def save_checkpoint(self, batch: int, told: int, state: bytes) -> None:
-        with _transaction(self._conn):
-            self._conn.execute(
-                "INSERT INTO checkpoints (batch, told, state, created) VALUES (?, ?, ?, ?)",
-                (batch, told, sqlite3.Binary(state), time.time()))
-            self._conn.execute(
-                "DELETE FROM checkpoints WHERE id NOT IN "
-                "(SELECT id FROM checkpoints ORDER BY id DESC LIMIT ?)", (KEEP_CHECKPOINTS,))
+        """Keep the controller's state after ``batch``; the last few are kept."""
+        if not isinstance(state, (bytes, bytearray, memoryview)):
+            raise TypeError(f"checkpoint state must be bytes, got {type(state).__name__}")
+        values = (_index("batch", batch), _index("told", told), bytes(state), time.time())
+        with self._write() as conn:
+            conn.execute("INSERT INTO checkpoints (batch, told, state, created) "
+                         "VALUES (?, ?, ?, ?)", values)
+            conn.execute("DELETE FROM checkpoints WHERE id NOT IN "
+                         "(SELECT id FROM checkpoints ORDER BY id DESC LIMIT ?)",
+                         (KEEP_CHECKPOINTS,))
 
     def latest_checkpoint(self) -> tuple[int, int, bytes] | None:
-        row = self._conn.execute(
-            "SELECT batch, told, state FROM checkpoints ORDER BY id DESC LIMIT 1").fetchone()
+        """(batch, told, state) of the last checkpoint, or None."""
+        row = self._conn.execute("SELECT batch, told, state FROM checkpoints "
+                                 "ORDER BY id DESC LIMIT 1").fetchone()
         return (row[0], row[1], bytes(row[2])) if row else None
 
-    def add_retrain(self, *, rule: str, source: str, task: str, seed: int, epochs: float,
-                    status: str, reward: float, lr: float | None, test_metric: float | None,
-                    seconds: float, details: dict | None = None) -> int:
-        with _transaction(self._conn):
-            cursor = self._conn.execute(
+    def add_retrain(self, **fields: object) -> int:
+        """Record one re-training of a rule; fields as in ``RETRAIN_FIELDS``."""
+        unknown = sorted(set(fields) - set(RETRAIN_FIELDS))
+        if unknown:
+            raise ValueError(f"unknown retrain field(s) {', '.join(unknown)}; "
+                             f"expected some of {', '.join(RETRAIN_FIELDS)}")
+        for name in ("rule", "source"):
+            _text(name, fields.get(name))
+        if fields.get("status") is not None:
+            _status(fields["status"], FINISHED)
+        for name in ("reward", "lr", "test_metric", "seconds", "epochs"):
+            fields[name] = _real(name, fields.get(name))
+        fields["details"] = _details_json(fields.get("details"))
+        values = [fields.get(name) for name in RETRAIN_FIELDS]
+        with self._write() as conn:
+            return conn.execute(
                 "INSERT INTO retrains (rule, source, task, seed, epochs, status, reward, lr, "
-                "test_metric, seconds, details, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "?, ?)", (rule, source, task, seed, epochs, status, reward, lr, test_metric,
-                          seconds, json.dumps(details) if details else None, time.time()))
-        return cursor.lastrowid
+                "test_metric, seconds, details, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", (*values, time.time())).lastrowid
 
     def retrains(self) -> list[dict]:
-        cursor = self._conn.execute(
-            "SELECT id, rule, source, task, seed, epochs, status, reward, lr, test_metric, "
-            "seconds, details, created FROM retrains ORDER BY id")
-        names = [d[0] for d in cursor.description]
-        out = []
-        for row in cursor:
-            item = dict(zip(names, row))
-            item["details"] = json.loads(item["details"]) if item["details"] else None
-            out.append(item)
-        return out
+        cur = self._conn.execute("SELECT id, rule, source, task, seed, epochs, status, reward, "
+                                 "lr, test_metric, seconds, details, created "
+                                 "FROM retrains ORDER BY id")
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, row)) for row in cur]
+        for row in rows:
+            row["details"] = json.loads(row["details"]) if row["details"] else {}
+        return rows
+
+    # --- internals -------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed whole or rolled back whole."""
+        if self._readonly:
+            raise StoreError(f"run {self.path} is open read-only")
+        with _transaction(self._conn):
+            yield self._conn
+
+    def _evaluations(self, query: str, params: tuple) -> list[Evaluation]:
+        cur = self._conn.execute(EVAL_QUERIES[query], params)
+        return [Evaluation.from_row(row) for row in cur]
+
+    def _require_id(self, eval_id: int) -> None:
+        if self._conn.execute("SELECT 1 FROM evaluations WHERE id = ?",
+                              (eval_id,)).fetchone() is None:
+            raise StoreError(f"no evaluation {eval_id} in run {self.path} "
+                             f"(it has {self.count()})")
 
 
-def _connect(db: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("PRAGMA busy_timeout = 30000")
-    return conn
+# --- files, locks and connections ------------------------------------------------------
 
 
-def _create_schema(conn: sqlite3.Connection) -> None:
-    for statement in SCHEMA.split(";"):
-        if statement.strip():
+def _make_writable_dir(run_dir: Path) -> None:
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise StoreError(f"run directory {run_dir} exists and is not a directory")
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise StoreError(f"cannot write to run directory {run_dir} (permission denied)")
+        return
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as err:
+        raise StoreError(f"cannot create run directory {run_dir}: {err.strerror}") from None
+
+
+def _lock(run_dir: Path) -> int:
+    """Take ``run_dir/nos.lock`` (flock, released by the kernel if the process dies)."""
+    lock_path = run_dir / LOCK_NAME
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as err:
+        raise StoreError(f"cannot open lock file {lock_path}: {err.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        who = f"process {holder}" if holder.isdigit() else "another process"
+        raise RunLockedError(f"run {run_dir} is in use by {who} (lock {lock_path}); "
+                             "wait for it to end or use another directory") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def _unlock(fd: int) -> None:
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
+def _locate(path: str | Path) -> tuple[Path, Path]:
+    """(database file, run directory) for a run directory or a database path."""
+    path = Path(path)
+    if not path.exists():
+        raise NotARunError(f"{path} is not a nos run: no such file or directory")
+    if path.is_dir():
+        db = path / DB_NAME
+        if not db.is_file():
+            raise NotARunError(f"{path} is not a nos run: it has no {DB_NAME}")
+        return db, path
+    return path, path.parent
+
+
+def _check_header(db: Path) -> None:
+    try:
+        with db.open("rb") as f:
+            header = f.read(len(SQLITE_HEADER))
+    except OSError as err:
+        raise NotARunError(f"{db} is not a nos run database: {err.strerror}") from None
+    if header != SQLITE_HEADER:
+        raise NotARunError(f"{db} is not a nos run database: not an SQLite file")
+
+
+def _probe_meta(db: Path) -> dict[str, str]:
+    """The run's meta, read without creating or changing any file (NotARunError if none)."""
+    _check_header(db)
+    # Without a -wal file the main file holds every commit, and an immutable connection
+    # reads it without creating -wal/-shm files (next to a file that may not be ours).
+    probe = _connect(db, "ro" if Path(f"{db}-wal").exists() else "ro&immutable=1")
+    try:
+        return _read_meta(probe, db)
+    finally:
+        probe.close()
+
+
+def _connect(db: Path, mode: str) -> sqlite3.Connection:
+    # mode is one of this module's constants, never user text.
+    uri = f"{db.resolve().as_uri()}?mode={mode}"
+    try:
+        return sqlite3.connect(uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+    except sqlite3.Error as err:
+        raise StoreError(f"cannot open {db}: {err}") from None
+
+
+def _enable_wal(conn: sqlite3.Connection, db: Path) -> None:
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+    if mode != "wal":
+        raise StoreError(f"cannot use WAL journal for {db} (got {mode!r}); "
+                         "is it on a network file system?")
+
+
+def _initialize(conn: sqlite3.Connection, db: Path, config_json: str) -> None:
+    _enable_wal(conn, db)
+    meta = {"format": FORMAT, "version": str(VERSION), "config": config_json,
+            "created": repr(time.time())}
+    with _transaction(conn):
+        for statement in SCHEMA + INDEXES:
             conn.execute(statement)
+        conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
 
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE (take the write lock now, not halfway) ... COMMIT, or ROLLBACK."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
-def _check_run(db: Path) -> None:
-    """NotARunError unless db is a SQLite file with the nos marker; creates nothing."""
-    if not db.is_file():
-        raise NotARunError(f"{db.parent if db.name == DB_NAME else db} is not a nos run "
-                           f"(no {DB_NAME})")
-    with open(db, "rb") as f:
-        if f.read(16) != b"SQLite format 3\x00":
-            raise NotARunError(f"{db} is not a nos run (not an SQLite database)")
-    if _read_meta(db, "format") != FORMAT:
-        raise NotARunError(f"{db} is not a nos run (another SQLite database)")
-
-
-def _read_meta(db: Path, key: str) -> str | None:
+def _read_meta(conn: sqlite3.Connection, db: Path) -> dict[str, str]:
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+    except sqlite3.DatabaseError as err:
+        raise NotARunError(f"{db} is not a nos run database: {err}") from None
+    if meta.get("format") != FORMAT or "config" not in meta:
+        raise NotARunError(f"{db} is not a nos run database: no '{FORMAT}' marker")
+    if meta.get("version") != str(VERSION):
+        raise StoreError(f"{db} has run format version {meta.get('version')!r}; "
+                         f"this nos reads version {VERSION}")
+    return meta
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+def _canonical_json(config: dict) -> str:
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict, got {type(config).__name__}")
+    try:
+        return json.dumps(config, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as err:
+        raise StoreError(f"config is not JSON data: {err}") from None
+
+
+def _check_config(run_dir: Path, old_json: str, new_json: str) -> None:
+    """Compared as data, so that a run written with other JSON spacing still matches."""
+    diffs = _diff(json.loads(old_json), json.loads(new_json), "")
+    if diffs:
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise ConfigMismatchError(f"run {run_dir} was started with another config (in the run "
+                                  f"-> now): {shown}; resume with the same config or use "
+                                  "another directory")
+
+
+def _diff(old: object, new: object, path: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            sub = f"{path}.{key}" if path else key
+            if key not in old or key not in new:
+                out.append(f"{sub}: {_show(old, key)} -> {_show(new, key)}")
+            else:
+                out.extend(_diff(old[key], new[key], sub))
+        return out
+    same = json.dumps(old, sort_keys=True) == json.dumps(new, sort_keys=True)
+    return [] if same else [f"{path or '(config)'}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def _show(mapping: dict, key: str) -> str:
+    return json.dumps(mapping[key]) if key in mapping else "(absent)"
+
+
+def _index(name: str, value: object) -> int:
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number
+
+
+def _tokens(tokens: Sequence[int]) -> list[int]:
+    try:
+        return [operator.index(t) for t in tokens]
+    except TypeError:
+        raise TypeError(f"tokens must be a sequence of integers, got {tokens!r}") from None
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _real(name: str, value: object) -> float | None:
+    if value is None:
         return None
-    return row[0] if row else None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a number, got {value!r}") from None
+    return None if math.isnan(number) else number
+
+
+def _status(status: str, allowed: tuple[str, ...] = STATUSES) -> str:
+    if status not in allowed:
+        raise ValueError(f"unknown status {status!r}; expected one of {', '.join(allowed)}")
+    return status
+
+
+def _details_json(details: dict | None) -> str | None:
+    if details is None:
+        return None
+    if not isinstance(details, dict):
+        raise TypeError(f"details must be a dict, got {type(details).__name__}")
+    try:
+        return json.dumps(details, sort_keys=True, default=_plain)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"details are not JSON data: {err}") from None
+
+
+def _plain(value: object) -> object:
+    """numpy and torch scalars and arrays as plain Python values."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON data")

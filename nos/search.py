@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from nos import faults
 from nos.config import identity
 from nos.controllers import Proposal, make_controller
 from nos.parser import RuleSyntaxError, parse
@@ -46,6 +47,54 @@ class SearchSummary:
         return self.finished / self.seconds if self.seconds > 0 else 0.0
 
 
+class _Pool:
+    """The workers: idle ones, and replacements for lost ones while they start.
+
+    A worker whose process died, or whose node went away, is not restarted in
+    place: a new actor is started wherever Ray finds room, and joins the idle
+    workers once it answers.  Until then the search goes on with the others.
+    """
+
+    def __init__(self, config: dict, workers: list) -> None:
+        import ray
+
+        self.config = config
+        self.idle = list(workers)
+        self.starting: dict = {}
+        self.names: dict = {}
+        for worker, (name, _) in zip(workers, ray.get([w.where.remote() for w in workers])):
+            self.names[worker] = name
+
+    def replace(self, worker) -> None:
+        import ray
+
+        from nos.workers import make_workers
+
+        ray.kill(worker, no_restart=True)
+        self.names.pop(worker, None)
+        new = make_workers(self.config, 1)[0]
+        self.starting[new.where.remote()] = new
+
+    def started(self, future) -> None:
+        import ray
+
+        worker = self.starting.pop(future)
+        try:
+            self.names[worker] = ray.get(future)[0]
+        except ray.exceptions.RayError:
+            self.replace(worker)  # it died while starting: try again elsewhere
+            return
+        self.idle.append(worker)
+
+    def close(self) -> None:
+        import ray
+
+        for worker in list(self.starting.values()) + self.idle:
+            ray.kill(worker, no_restart=True)
+        self.starting.clear()
+        self.idle.clear()
+
+
 class Search:
     """One search run in ``out``: ``Search(config, out).run()``."""
 
@@ -64,6 +113,7 @@ class Search:
         self.waiting: dict[str, list[Evaluation]] = {}  # fingerprint -> rows waiting on it
         self.max_attempts = config["workers"]["max_attempts"]
         self.time_limit = config["evaluation"]["time_limit"]
+        self.grace = max(10.0, 0.5 * (self.time_limit or 0))  # past the limit: hung
         self.floor = config["evaluation"]["floor"]
 
     # --- the controller's side -------------------------------------------------------
@@ -71,9 +121,10 @@ class Search:
     def _restore(self, store: Store) -> int:
         """Load the last checkpoint; returns the next batch to tell."""
         checkpoint = store.latest_checkpoint()
+        self.told = 0
         if checkpoint is None:
             return 0
-        batch, _, state = checkpoint
+        batch, self.told, state = checkpoint
         self.controller.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
         return batch + 1
 
@@ -84,6 +135,7 @@ class Search:
 
     def _ask(self, store: Store, batch: int, n: int) -> list[Evaluation]:
         proposals = self.controller.ask(n)
+        faults.check("driver.ask")
         rows = []
         for p in proposals:
             try:
@@ -150,8 +202,10 @@ class Search:
             rewards = [r.reward if r.reward is not None and math.isfinite(r.reward)
                        else self.floor for r in rows]
             self.controller.tell(proposals, rewards)
-            told = sum(len(store.batch(b)) for b in range(next_tell + 1))
-            self._checkpoint(store, next_tell, told)
+            faults.check("driver.tell")
+            self.told += len(rows)
+            self._checkpoint(store, next_tell, self.told)
+            faults.check("driver.checkpoint")
             next_tell += 1
         return next_tell
 
@@ -170,7 +224,7 @@ class Search:
             started_ray = start_ray(self.address, need, self.config["workers"]["num_gpus"]
                                     * workers_wanted or None)
             try:
-                pool = make_workers(self.config, workers_wanted)
+                pool = _Pool(self.config, make_workers(self.config, workers_wanted))
                 self._loop(store, pool, queue, next_tell, asked_batches)
             finally:
                 if started_ray:
@@ -179,17 +233,15 @@ class Search:
                     ray.shutdown()
             return self._summary(store, time.time() - start)
 
-    def _loop(self, store: Store, pool: list, queue: deque, next_tell: int,
+    def _loop(self, store: Store, pool: _Pool, queue: deque, next_tell: int,
               asked_batches: int) -> None:
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
 
-        free = list(pool)
         in_flight: dict = {}  # future -> (evaluation, worker, dispatched at)
         total = store.count()
         bar = self._bar(store) if self.progress else None
         while True:
-            while free and (queue or total < self.budget):
+            while pool.idle and (queue or total < self.budget):
                 if not queue:
                     n = min(self.batch_size, self.budget - total)
                     queue.extend(self._ask(store, asked_batches, n))
@@ -197,31 +249,40 @@ class Search:
                     total += n
                     continue
                 row = queue.popleft()
-                worker = free.pop()
+                worker = pool.idle.pop()
                 future = worker.evaluate.remote(row.id, row.rule, self.seed)
                 in_flight[future] = (row, worker, time.monotonic())
-                store.mark_started(row.id, "", "")
+                faults.check("driver.dispatch")
+                store.mark_started(row.id, pool.names.get(worker, ""), "")
             next_tell = self._tell_ready(store, next_tell, asked_batches)
-            if not in_flight:
-                if not queue and total >= self.budget:
-                    break
+            if not in_flight and not queue and total >= self.budget:
+                break
+            waiting = list(in_flight) + list(pool.starting)
+            if not waiting:
+                time.sleep(0.5)  # every worker lost, replacements not placed yet
                 continue
-            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=1.0)
+            ready, _ = ray.wait(waiting, num_returns=1, timeout=1.0)
             for future in ready:
+                if future in pool.starting:
+                    pool.started(future)
+                    continue
                 row, worker, _ = in_flight.pop(future)
                 try:
                     result = ray.get(future)
-                except (RayActorError, RayTaskError) as err:
+                except ray.exceptions.RayError as err:
                     self._failed_attempt(store, row, queue, err)
+                    pool.replace(worker)
                 else:
+                    faults.check("driver.record")
                     self._record(store, row, result)
+                    pool.idle.append(worker)
                 if store.get(row.id).status != "pending":
                     self._release(store, row, queue)
-                free.append(worker)
                 if bar is not None:
                     self._advance(bar, store)
-            self._watchdog(store, in_flight, free, queue)
+            self._watchdog(store, in_flight, pool, queue)
         self._tell_ready(store, next_tell, asked_batches)
+        pool.close()
         if bar is not None:
             bar.close()
 
@@ -243,21 +304,18 @@ class Search:
             store.record(row.id, status="failed", reward=self.floor,
                          error=f"worker lost {attempts} times: {reason}"[:500])
 
-    def _watchdog(self, store: Store, in_flight: dict, free: list, queue: deque) -> None:
+    def _watchdog(self, store: Store, in_flight: dict, pool: _Pool, queue: deque) -> None:
         """An evaluation far past its time limit is hung: kill its worker, record timeout."""
         if not self.time_limit:
             return
-        import ray
-
         now = time.monotonic()
         for future, (row, worker, since) in list(in_flight.items()):
-            if now - since > self.time_limit * 1.5 + 30:
+            if now - since > self.time_limit + self.grace:
                 in_flight.pop(future)
-                ray.kill(worker, no_restart=False)
+                pool.replace(worker)
                 store.record(row.id, status="timeout", reward=self.floor,
-                             error=f"no result after {now - since:.0f} s; worker restarted")
+                             error=f"no result after {now - since:.0f} s; worker replaced")
                 self._release(store, row, queue)
-                free.append(worker)
 
     # --- reporting -------------------------------------------------------------------
 

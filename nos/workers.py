@@ -3,7 +3,7 @@
 A worker is an actor: it loads its task's data once, then evaluates each rule
 it is sent.  One evaluation's resources (``num_cpus``, ``num_gpus``, fractions
 allowed so several small children share a GPU) come from the config.  A
-worker that dies is restarted by Ray; the driver decides whether to try its
+worker that dies is replaced by the driver, which decides whether to try its
 evaluation again.
 """
 
@@ -38,7 +38,7 @@ def start_ray(address: str | None, num_cpus: float, num_gpus: float | None = Non
     return True
 
 
-@ray.remote(max_restarts=-1, max_task_retries=0)
+@ray.remote(max_restarts=0, max_task_retries=0)
 class EvalWorker:
     """Evaluates rules on one task; the data is loaded once, when the actor starts."""
 
@@ -58,8 +58,10 @@ class EvalWorker:
         return self.name, self.node
 
     def evaluate(self, eval_id: int, rule: str, seed: int) -> dict:
+        from nos import faults
         from nos.evaluate import evaluate
 
+        faults.check("worker.evaluate", rule)
         started = time.time()
         result = evaluate(rule, self.task, seed=seed, **self.evaluation)
         out = result.to_dict()

@@ -1,0 +1,46 @@
+"""Fault injection, for the tests that prove a search survives crashes.
+
+``NOS_FAULTS="driver.tell:2,worker.evaluate:sign(g)"`` makes the process kill
+itself with SIGKILL at the second time the driver reaches ``tell``, and any
+worker that is asked to evaluate a rule containing ``sign(g)``.  Without the
+variable (always, outside tests) every check is a dictionary lookup that
+finds nothing.
+
+Points: ``driver.ask`` (proposals asked, not yet stored), ``driver.dispatch``
+(an evaluation sent, its start being written), ``driver.record`` (a result in
+hand, not yet written), ``driver.tell`` (the controller updated, its
+checkpoint not yet written), ``driver.checkpoint`` (just after a checkpoint),
+``worker.evaluate`` (in a worker, before training).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_counts: dict[str, int] = {}
+
+
+def _plan() -> dict[str, str]:
+    spec = os.environ.get("NOS_FAULTS", "")
+    plan = {}
+    for item in filter(None, spec.split(",")):
+        point, _, arg = item.partition(":")
+        plan[point.strip()] = arg.strip()
+    return plan
+
+
+def check(point: str, text: str = "") -> None:
+    """SIGKILL this process if NOS_FAULTS asks for it at this point."""
+    if "NOS_FAULTS" not in os.environ:
+        return
+    arg = _plan().get(point)
+    if arg is None:
+        return
+    if arg.isdigit():
+        _counts[point] = _counts.get(point, 0) + 1
+        if _counts[point] != int(arg):
+            return
+    elif arg and arg not in text:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)

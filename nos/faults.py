@@ -10,13 +10,15 @@ Points: ``driver.ask`` (proposals asked, not yet stored), ``driver.dispatch``
 (an evaluation sent, its start being written), ``driver.record`` (a result in
 hand, not yet written), ``driver.tell`` (the controller updated, its
 checkpoint not yet written), ``driver.checkpoint`` (just after a checkpoint),
-``worker.evaluate`` (in a worker, before training).
+``worker.evaluate`` (in a worker, before training), and ``worker.hang``,
+which makes the worker sleep forever instead of dying.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 _counts: dict[str, int] = {}
 
@@ -30,17 +32,25 @@ def _plan() -> dict[str, str]:
     return plan
 
 
-def check(point: str, text: str = "") -> None:
-    """SIGKILL this process if NOS_FAULTS asks for it at this point."""
+def _due(point: str, text: str) -> bool:
     if "NOS_FAULTS" not in os.environ:
-        return
+        return False
     arg = _plan().get(point)
     if arg is None:
-        return
+        return False
     if arg.isdigit():
         _counts[point] = _counts.get(point, 0) + 1
-        if _counts[point] != int(arg):
-            return
-    elif arg and arg not in text:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+        return _counts[point] == int(arg)
+    return not arg or arg in text
+
+
+def check(point: str, text: str = "") -> None:
+    """SIGKILL this process if NOS_FAULTS asks for it at this point."""
+    if _due(point, text):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hang(point: str, text: str = "") -> None:
+    """Never return, if NOS_FAULTS asks for it at this point."""
+    while _due(point, text):
+        time.sleep(3600)

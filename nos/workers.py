@@ -62,6 +62,7 @@ class EvalWorker:
         from nos.evaluate import evaluate
 
         faults.check("worker.evaluate", rule)
+        faults.hang("worker.hang", rule)
         started = time.time()
         result = evaluate(rule, self.task, seed=seed, **self.evaluation)
         out = result.to_dict()

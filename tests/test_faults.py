@@ -1,0 +1,185 @@
+"""Faults on real components: workers SIGKILLed mid-evaluation, workers that die on one
+rule every time, hung evaluations, children out of memory, and the driver SIGKILLed at
+five different moments.  Nothing recorded is lost or recorded twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+import ray  # noqa: E402
+
+from nos import config as cfg  # noqa: E402
+from nos.evaluate import evaluate  # noqa: E402
+from nos.search import Search  # noqa: E402
+from nos.store import Store  # noqa: E402
+from nos.tasks import get_task  # noqa: E402
+
+KILLER = "13.125"  # a worker dies on any rule containing this
+HANGER = "7.375"  # a worker hangs on any rule containing this
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    os.environ["NOS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["NOS_FAULTS"] = f"worker.evaluate:{KILLER},worker.hang:{HANGER}"
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             _node_ip_address="127.0.0.1", log_to_driver=False)
+    del os.environ["NOS_FAULTS"]  # the workers keep it; this process and its drivers do not
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def make_config(**tables) -> dict:
+    data = {"search": {"controller": "random", "budget": 6, "batch": 3, "seed": 0},
+            "task": {"name": "digits"},
+            "evaluation": {"epochs": 0.5, "lr": 0.05, "time_limit": 60},
+            "workers": {"count": 2, "threads": 1, "max_attempts": 2}}
+    for table, values in tables.items():
+        data[table].update(values)
+    return cfg.validate(data, "test")
+
+
+def check_database(out, budget: int) -> list:
+    db = sqlite3.connect(out / "nos.db")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    ids = [r[0] for r in db.execute("SELECT id FROM evaluations ORDER BY id")]
+    db.close()
+    assert ids == list(range(1, budget + 1)), ids
+    with Store.open(out) as store:
+        rows = store.evaluations()
+    assert all(r.status != "pending" for r in rows)
+    return rows
+
+
+def seeded_run(out, config: dict, rules: list[str]) -> None:
+    """A run whose first batch is these rules, asked but not yet evaluated."""
+    with Store.create_or_open(out, cfg.identity(config)) as store:
+        store.add_proposals(0, [((0, 0, 0, 0, 0), rule) for rule in rules])
+
+
+def test_a_worker_dying_on_every_try_is_recorded_failed(cluster, tmp_path):
+    config = make_config(search={"budget": 3, "batch": 3})
+    out = tmp_path / "run"
+    seeded_run(out, config, [f"sign(g) * {KILLER}", "sign(g)", "g"])
+    Search(config, out).run()
+    rows = check_database(out, 3)
+    assert rows[0].status == "failed" and rows[0].attempts == 2
+    assert "worker lost 2 times" in rows[0].error
+    assert rows[1].status == rows[2].status == "ok"  # the replaced workers carried on
+
+
+def test_a_hung_evaluation_times_out_and_its_worker_is_replaced(cluster, tmp_path):
+    config = make_config(search={"budget": 4, "batch": 4}, evaluation={"time_limit": 5})
+    out = tmp_path / "run"
+    seeded_run(out, config, [f"sign(g) * {HANGER}", "sign(g)", "g", "sign(m)"])
+    Search(config, out).run()
+    rows = check_database(out, 4)
+    assert rows[0].status == "timeout" and "no result after" in rows[0].error
+    assert all(r.status == "ok" for r in rows[1:])
+
+
+def test_a_worker_killed_mid_evaluation_is_retried(cluster, tmp_path):
+    config = make_config(search={"budget": 4, "batch": 4}, task={"name": "mnist1d"},
+                         evaluation={"epochs": 8.0})
+    out = tmp_path / "run"
+    seeded_run(out, config, ["sign(g)", "g", "sign(m)", "adam"])
+    thread = threading.Thread(target=lambda: Search(config, out).run())
+    thread.start()
+    victim = None
+    deadline = time.time() + 120
+    while victim is None and time.time() < deadline:
+        time.sleep(0.2)
+        if not (out / "nos.db").exists():
+            continue
+        with Store.open(out) as store:
+            running = [r for r in store.pending() if r.started_at and r.worker]
+        if running:
+            victim = running[0]
+            os.kill(int(victim.worker.rsplit(":", 1)[1]), signal.SIGKILL)
+    thread.join(timeout=300)
+    assert victim is not None and not thread.is_alive()
+    rows = check_database(out, 4)
+    retried = rows[victim.id - 1]
+    assert retried.attempts == 2 and retried.status == "ok"
+
+
+class _Greedy:
+    """A real task whose child asks for more memory than any machine has."""
+
+    def __init__(self) -> None:
+        self.inner = get_task("digits")
+        self.name, self.batch_size, self.epochs = "greedy", 64, 1
+
+    def load(self, device="cpu"):
+        return self.inner.load(device)
+
+    def build_model(self):
+        class Greedy(torch.nn.Module):
+            def __init__(self, inner):
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x):
+                torch.empty(1 << 50, dtype=torch.uint8)  # a petabyte
+                return self.inner(x)
+
+        return Greedy(self.inner.build_model())
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_child_out_of_memory_is_failed_not_fatal():
+    result = evaluate("adam", _Greedy(), epochs=1, lr=0.01)
+    assert result.status == "failed"
+    assert "memory" in result.error.lower() or "allocate" in result.error.lower()
+
+
+DRIVER_POINTS = ["driver.ask:2", "driver.dispatch:3", "driver.record:4", "driver.tell:1",
+                 "driver.checkpoint:2"]
+
+
+def _toml(config: dict) -> str:
+    lines = []
+    for table, values in config.items():
+        items = [(k, v) for k, v in values.items() if v is not None]
+        if not items:
+            continue
+        lines.append(f"[{table}]")
+        for key, value in items:
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, str):
+                value = f'"{value}"'
+            lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("fault", DRIVER_POINTS)
+def test_the_driver_killed_at_any_moment_resumes_to_the_budget(cluster, tmp_path, fault):
+    config = make_config(search={"controller": "rnn", "budget": 9, "batch": 3})
+    path = tmp_path / "run.toml"
+    path.write_text(_toml(config))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "nos.cli", "search", "--config", str(path), "--out",
+               str(out), "--address", cluster, "--quiet"]
+    env = {**os.environ, "NOS_FAULTS": fault}
+    crashed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    rows = check_database(out, 9)
+    assert len({r.id for r in rows}) == 9
+    with Store.open(out) as store:
+        batch, told, _ = store.latest_checkpoint()
+    assert (batch, told) == (2, 9)

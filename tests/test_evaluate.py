@@ -119,3 +119,15 @@ def test_nos_baselines_table_and_plot(tmp_path):
 def test_evaluate_accepts_a_rule_object():
     rule = nos.parse("sign(g) * abs(m)")
     assert evaluate(rule, "digits", epochs=1, lr=0.01).rule == str(rule)
+
+
+@pytest.mark.parametrize("rule", ["adam", "sign(g) + sign(m)"])
+def test_batched_grid_picks_the_same_rate_as_one_at_a_time(rule):
+    kwargs = dict(epochs=1, lr_grid=[1e-4, 1e-2, 1.0], grid_epochs=1, seed=0)
+    one_by_one = evaluate(rule, "mnist1d", batched_grid=False, **kwargs)
+    batched = evaluate(rule, "mnist1d", batched_grid=True, **kwargs)
+    assert batched.lr == one_by_one.lr
+    for a, b in zip(one_by_one.grid, batched.grid):
+        assert a["lr"] == b["lr"] and a["status"] == b["status"]
+        assert abs(a["reward"] - b["reward"]) < 0.02
+    assert abs(batched.reward - one_by_one.reward) < 0.02

@@ -60,7 +60,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--plain-compiler", action="store_true",
+                        help="compile rules without the optimisation passes (the 'before')")
     args = parser.parse_args()
+    if args.plain_compiler:
+        import nos.optimizer
+        from nos.compiler import compile_rule
+
+        nos.optimizer.compile_rule = (
+            lambda rule, zeros=frozenset(): compile_rule(rule, zeros, optimize=False))
     torch.set_num_threads(args.threads)
     task = get_task(args.task)
     data = task.load("cpu")

@@ -271,7 +271,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from nos.search import Search
 
     config = search_config(args)
-    summary = Search(config, args.out, address=args.address,
+    summary = Search(config, args.out, address=args.address, dashboard=args.dashboard,
                      progress=not args.quiet and sys.stderr.isatty() or args.progress).run()
     if args.json:
         print(json.dumps({"out": str(summary.out), "finished": summary.finished,
@@ -303,6 +303,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--progress", action="store_true", help="progress bar even without a tty")
+    p.add_argument("--dashboard", action="store_true",
+                   help="start Ray's dashboard with the local Ray (off by default)")
     p.set_defaults(handler=cmd_search)
 
 

@@ -99,7 +99,8 @@ class Search:
     """One search run in ``out``: ``Search(config, out).run()``."""
 
     def __init__(self, config: dict, out: str | Path, *, address: str | None = None,
-                 progress: bool = False) -> None:
+                 progress: bool = False, dashboard: bool = False) -> None:
+        self.dashboard = dashboard
         self.config = config
         self.out = Path(out)
         self.address = address
@@ -222,7 +223,7 @@ class Search:
             queue = deque(self._admit(store, store.pending()))
             need = workers_wanted * self.config["workers"]["num_cpus"]
             started_ray = start_ray(self.address, need, self.config["workers"]["num_gpus"]
-                                    * workers_wanted or None)
+                                    * workers_wanted or None, dashboard=self.dashboard)
             try:
                 pool = _Pool(self.config, make_workers(self.config, workers_wanted))
                 self._loop(store, pool, queue, next_tell, asked_batches)

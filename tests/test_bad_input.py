@@ -193,3 +193,21 @@ def test_checkpoints_load_with_weights_only():
 
 def test_environment_is_untouched_by_import():
     assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0") == "0"
+
+
+def test_local_ray_listens_on_loopback_without_a_dashboard():
+    probe = ("from nos.workers import start_ray\n"
+             "start_ray(None, 1)\n"
+             "import ray\n"
+             "from ray._private import worker\n"
+             "print(ray.get_runtime_context().gcs_address)\n"
+             "print(sorted({n['NodeManagerAddress'] for n in ray.nodes()}))\n"
+             "print(repr(worker._global_node.address_info.get('webui_url')))\n"
+             "ray.shutdown()\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr
+    gcs, nodes, webui = out.stdout.strip().splitlines()[-3:]
+    assert gcs.startswith("127.0.0.1:")
+    assert nodes == "['127.0.0.1']"
+    assert webui in ("None", "''")

@@ -65,7 +65,7 @@ def main() -> None:
     print(f"  speed-up with 2 workers: {results[1]['per_second'] / results[0]['per_second']:.2f}x")
     print("\ncost against budget (2 workers):")
     base = None
-    for budget in (int(b) for b in args.scaling.split(",")):
+    for budget in (int(b) for b in args.scaling.split(",") if b):
         r = one_search(2, budget, seed=1)
         per = r["wall"] / r["evaluations"]
         base = base or per

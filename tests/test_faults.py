@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ from nos.evaluate import evaluate  # noqa: E402
 from nos.search import Search  # noqa: E402
 from nos.store import Store  # noqa: E402
 from nos.tasks import get_task  # noqa: E402
+from tests.helpers import check_run  # noqa: E402
 
 KILLER = "13.125"  # a worker dies on any rule containing this
 HANGER = "7.375"  # a worker hangs on any rule containing this
@@ -49,18 +49,6 @@ def make_config(**tables) -> dict:
     return cfg.validate(data, "test")
 
 
-def check_database(out, budget: int) -> list:
-    db = sqlite3.connect(out / "nos.db")
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    ids = [r[0] for r in db.execute("SELECT id FROM evaluations ORDER BY id")]
-    db.close()
-    assert ids == list(range(1, budget + 1)), ids
-    with Store.open(out) as store:
-        rows = store.evaluations()
-    assert all(r.status != "pending" for r in rows)
-    return rows
-
-
 def seeded_run(out, config: dict, rules: list[str]) -> None:
     """A run whose first batch is these rules, asked but not yet evaluated."""
     with Store.create_or_open(out, cfg.identity(config)) as store:
@@ -72,7 +60,7 @@ def test_a_worker_dying_on_every_try_is_recorded_failed(cluster, tmp_path):
     out = tmp_path / "run"
     seeded_run(out, config, [f"sign(g) * {KILLER}", "sign(g)", "g"])
     Search(config, out).run()
-    rows = check_database(out, 3)
+    rows = check_run(out, 3)
     assert rows[0].status == "failed" and rows[0].attempts == 2
     assert "worker lost 2 times" in rows[0].error
     assert rows[1].status == rows[2].status == "ok"  # the replaced workers carried on
@@ -83,7 +71,7 @@ def test_a_hung_evaluation_times_out_and_its_worker_is_replaced(cluster, tmp_pat
     out = tmp_path / "run"
     seeded_run(out, config, [f"sign(g) * {HANGER}", "sign(g)", "g", "sign(m)"])
     Search(config, out).run()
-    rows = check_database(out, 4)
+    rows = check_run(out, 4)
     assert rows[0].status == "timeout" and "no result after" in rows[0].error
     assert all(r.status == "ok" for r in rows[1:])
 
@@ -108,7 +96,7 @@ def test_a_worker_killed_mid_evaluation_is_retried(cluster, tmp_path):
             os.kill(int(victim.worker.rsplit(":", 1)[1]), signal.SIGKILL)
     thread.join(timeout=300)
     assert victim is not None and not thread.is_alive()
-    rows = check_database(out, 4)
+    rows = check_run(out, 4)
     retried = rows[victim.id - 1]
     assert retried.attempts == 2 and retried.status == "ok"
 
@@ -178,7 +166,7 @@ def test_the_driver_killed_at_any_moment_resumes_to_the_budget(cluster, tmp_path
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finished.returncode == 0, finished.stderr
-    rows = check_database(out, 9)
+    rows = check_run(out, 9)
     assert len({r.id for r in rows}) == 9
     with Store.open(out) as store:
         batch, told, _ = store.latest_checkpoint()

@@ -5,7 +5,6 @@ once."""
 from __future__ import annotations
 
 import os
-import sqlite3
 import threading
 import time
 
@@ -18,6 +17,7 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from nos import config as cfg  # noqa: E402
 from nos.search import Search  # noqa: E402
 from nos.store import Store  # noqa: E402
+from tests.helpers import check_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,6 @@ def test_search_survives_losing_a_node(two_nodes, tmp_path):
 
     thread = threading.Thread(target=run)
     thread.start()
-    nodes_used = set()
     deadline = time.time() + 120
     while time.time() < deadline:
         time.sleep(0.3)
@@ -68,15 +67,8 @@ def test_search_survives_losing_a_node(two_nodes, tmp_path):
     cluster.remove_node(second)
     thread.join(timeout=600)
     assert not thread.is_alive() and not errors, errors
-    db = sqlite3.connect(out / "nos.db")
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    ids = [r[0] for r in db.execute("SELECT id FROM evaluations ORDER BY id")]
-    db.close()
-    assert ids == list(range(1, budget + 1))
-    with Store.open(out) as store:
-        rows = store.evaluations()
-        nodes_used = {r.node for r in rows if r.node}
-    assert all(r.status != "pending" for r in rows)
+    rows = check_run(out, budget)
+    nodes_used = {r.node for r in rows if r.node}
     assert len(nodes_used) == 2  # both nodes worked before one was lost
     alive = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
     assert len(alive) == 1

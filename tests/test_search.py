@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -13,10 +12,11 @@ import pytest
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import ray  # noqa: E402
-from nos.store import Store  # noqa: E402
 
 from nos import config as cfg  # noqa: E402
 from nos.search import Search  # noqa: E402
+from nos.store import Store  # noqa: E402
+from tests.helpers import check_run  # noqa: E402
 
 TINY = {
     "search": {"budget": 6, "batch": 3, "seed": 0},
@@ -42,23 +42,11 @@ def tiny_config(**tables) -> dict:
     return cfg.validate(data, "test")
 
 
-def assert_complete(out, budget: int) -> list:
-    db = sqlite3.connect(out / "nos.db")
-    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    ids = [r[0] for r in db.execute("SELECT id FROM evaluations ORDER BY id")]
-    db.close()
-    assert ids == list(range(1, budget + 1))
-    with Store.open(out) as store:
-        rows = store.evaluations()
-        assert all(r.status != "pending" for r in rows)
-        return rows
-
-
 @pytest.mark.parametrize("controller", ["random", "evolution", "rnn"])
 def test_each_controller_runs_a_search(ray_cluster, tmp_path, controller):
     config = tiny_config(search={"controller": controller})
     summary = Search(config, tmp_path / "run").run()
-    rows = assert_complete(tmp_path / "run", 6)
+    rows = check_run(tmp_path / "run", 6)
     assert summary.finished == 6
     assert all(r.rule and r.tokens for r in rows)
     assert any(r.status == "ok" and r.reward > 0 for r in rows)
@@ -71,9 +59,9 @@ def test_each_controller_runs_a_search(ray_cluster, tmp_path, controller):
 def test_a_finished_run_reruns_as_a_no_op_and_refuses_another_config(ray_cluster, tmp_path):
     out = tmp_path / "run"
     Search(tiny_config(search={"controller": "random"}), out).run()
-    before = assert_complete(out, 6)
+    before = check_run(out, 6)
     Search(tiny_config(search={"controller": "random"}), out).run()
-    assert assert_complete(out, 6) == before
+    assert check_run(out, 6) == before
     with pytest.raises(ValueError, match="budget"):
         Search(tiny_config(search={"controller": "random", "budget": 9}), out).run()
 
@@ -120,7 +108,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
     assert 0 < recorded < budget
     finish = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert finish.returncode == 0, finish.stderr
-    rows = assert_complete(out, budget)
+    rows = check_run(out, budget)
     assert len({r.id for r in rows}) == budget
     with Store.open(out) as store:
         assert store.latest_checkpoint()[1] == budget

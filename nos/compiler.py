@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -445,4 +445,4 @@ def describe(program: Program) -> str:
 
 
 __all__ = ["Group", "Instr", "Program", "RuleCompileError", "Term", "compile_rule", "describe",
-           "replace", "run_foreach", "run_reference"]
+           "run_foreach", "run_reference"]

@@ -70,8 +70,16 @@ def _updates(rule: Rule, grads: list[list[torch.Tensor]]) -> np.ndarray:
         before = [p.clone() for p in params]
         group = Group(params, [x.clone() for x in g], buffers, hyper, 1.0, t, PROBE_STEPS)
         run_reference(program, group, generator)
-        steps.append(torch.cat([(b - p).flatten() for b, p in zip(before, params)]))
+        steps.append(torch.cat([_moved(b, p) for b, p in zip(before, params)]))
     return torch.stack(steps).numpy()
+
+
+def _moved(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """The step taken, with the rounding noise of the parameter's own magnitude cleared
+    (``w - a - b`` and ``w - b - a`` differ by an ulp of ``w``, not of the step)."""
+    step = (before - after).flatten()
+    noise = 1e-12 * before.abs().flatten().clamp_min(1.0)
+    return torch.where(step.abs() <= noise, torch.zeros_like(step), step)
 
 
 def _digest(values: np.ndarray) -> str:

@@ -292,26 +292,34 @@ class Store:
         return rows[0] if rows else None
 
     def top(self, k: int) -> list[dict]:
-        """The best ``k`` distinct rule texts, best first: ``rule``, ``reward`` (its best),
+        """The best ``k`` distinct rules, best first: ``rule``, ``reward`` (its best),
         ``lr`` and ``id`` of that best row, and ``count``, the number of times the rule was
-        proposed. Ranked are rows whose reward comes from a training (ok, diverged, timeout,
-        cached); pruned and failed rows only carry the floor reward."""
+        proposed. Rules with the same functional fingerprint are one rule (shown by the
+        text first trained); without a fingerprint the text decides. Ranked are rows whose
+        reward comes from a training (ok, diverged, timeout, cached); pruned and failed
+        rows only carry the floor reward."""
         k = _index("k", k)
         best: dict[str, dict] = {}
         # Walks the reward index from the top, so the cost grows with k, not with the run.
-        cur = self._conn.execute("SELECT rule, reward, lr, id, status FROM evaluations "
-                                 "WHERE reward IS NOT NULL ORDER BY reward DESC, id")
+        cur = self._conn.execute("SELECT rule, reward, lr, id, status, fingerprint FROM "
+                                 "evaluations WHERE reward IS NOT NULL ORDER BY reward DESC, id")
         try:
-            for rule, reward, lr, eval_id, status in cur:
+            for rule, reward, lr, eval_id, status, fingerprint in cur:
                 if len(best) >= k:
                     break
-                if status in RANKED and rule not in best:
-                    best[rule] = {"rule": rule, "reward": reward, "lr": lr, "id": eval_id}
+                key = fingerprint or rule
+                if status in RANKED and key not in best:
+                    best[key] = {"rule": rule, "reward": reward, "lr": lr, "id": eval_id,
+                                 "fingerprint": fingerprint}
         finally:
             cur.close()
         for row in best.values():
-            row["count"] = self._conn.execute("SELECT count(*) FROM evaluations WHERE rule = ?",
-                                              (row["rule"],)).fetchone()[0]
+            if row["fingerprint"]:
+                query = "SELECT count(*) FROM evaluations WHERE fingerprint = ?"
+                key = row["fingerprint"]
+            else:
+                query, key = "SELECT count(*) FROM evaluations WHERE rule = ?", row["rule"]
+            row["count"] = self._conn.execute(query, (key,)).fetchone()[0]
         return list(best.values())
 
     def speed(self) -> dict:

@@ -16,6 +16,7 @@ EQUIVALENT = [
     ["adam", "m_hat / (sqrt(v_hat) + eps)", "m / (1 - beta1^t) / (sqrt(v_hat) + 1e-8)"],
     ["exp(sign(g) * sign(m)) * g", "g * exp(sign(m) * sign(g))", "powersign_text"],
     ["g + noise", "noise + g"],
+    ["sign(g) + sign(m)", "sign(m) + sign(rmsprop)", "sign(sign(g)) + sign(m)"],
 ]
 DIFFERENT = ["g", "2 * g", "sign(g)", "clip(g, 1e-4)", "clip(g, 1e-3)", "clip(g, 1e-5)",
              "m", "m_hat", "v_hat * g", "adam", "rmsprop", "g + noise", "drop(g, 0.3)",

@@ -297,7 +297,7 @@ class Search:
                      details=details)
 
     def _failed_attempt(self, store: Store, row: Evaluation, queue: deque, err: Exception) -> None:
-        attempts = next((e.attempts for e in store.batch(row.batch) if e.id == row.id), 1)
+        attempts = store.get(row.id).attempts
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if attempts < self.max_attempts:
             queue.appendleft(row)

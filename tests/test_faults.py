@@ -78,7 +78,7 @@ def test_a_hung_evaluation_times_out_and_its_worker_is_replaced(cluster, tmp_pat
 
 def test_a_worker_killed_mid_evaluation_is_retried(cluster, tmp_path):
     config = make_config(search={"budget": 4, "batch": 4}, task={"name": "mnist1d"},
-                         evaluation={"epochs": 8.0})
+                         evaluation={"epochs": 40.0})
     out = tmp_path / "run"
     seeded_run(out, config, ["sign(g)", "g", "sign(m)", "adam"])
     thread = threading.Thread(target=lambda: Search(config, out).run())
@@ -86,7 +86,7 @@ def test_a_worker_killed_mid_evaluation_is_retried(cluster, tmp_path):
     victim = None
     deadline = time.time() + 120
     while victim is None and time.time() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.1)
         if not (out / "nos.db").exists():
             continue
         with Store.open(out) as store:

@@ -83,9 +83,9 @@ def _write_toml(path, config: dict) -> None:
 
 
 def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
-    budget = 12
-    config = tiny_config(search={"controller": "rnn", "budget": budget, "batch": 3},
-                         evaluation={"epochs": 1.0})
+    budget = 24
+    config = tiny_config(search={"controller": "rnn", "budget": budget, "batch": 4},
+                         task={"name": "mnist1d"}, evaluation={"epochs": 3.0})
     toml = tmp_path / "run.toml"
     _write_toml(toml, {k: v for k, v in config.items() if v})
     out = tmp_path / "run"
@@ -94,7 +94,7 @@ def test_resume_after_the_driver_is_killed(ray_cluster, tmp_path):
     driver = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
     recorded = 0
-    while time.time() < deadline and recorded < 4:
+    while time.time() < deadline and recorded < 3:
         time.sleep(0.2)
         if (out / "nos.db").exists():
             try:

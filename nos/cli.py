@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -153,7 +154,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
-    print(f"rule       {result.rule}")
+    print("rule       " + result.rule.replace("\n", "\n           "))
     print(f"task       {result.task}  status {result.status}"
           + (f"  ({result.error})" if result.error else ""))
     print(f"reward     {result.reward:.4f}  (validation accuracy)")
@@ -162,6 +163,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"lr         {result.lr:g}{picked}")
     if result.test_accuracy is not None:
         print(f"test       {result.test_accuracy:.4f}")
+    if result.val_loss is not None:
+        bits = (f"  ({result.val_loss / math.log(2):.3f} bits per character)"
+                if result.task == "charlm" else "")
+        print(f"val loss   {result.val_loss:.4f}{bits}")
     if result.ensemble_accuracy is not None:
         print(f"ensemble   {result.ensemble_accuracy:.4f} of {len(result.snapshot_accuracies)} "
               f"snapshots (each: {', '.join(f'{a:.4f}' for a in result.snapshot_accuracies)})")

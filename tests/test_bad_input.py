@@ -211,3 +211,16 @@ def test_local_ray_listens_on_loopback_without_a_dashboard():
     assert gcs.startswith("127.0.0.1:")
     assert nodes == "['127.0.0.1']"
     assert webui in ("None", "''")
+
+
+@pytest.mark.parametrize("name", ["quick.toml", "paper.toml"])
+def test_shipped_configs_are_valid(name):
+    from nos import config as cfg
+    from nos.controllers import make_controller
+    from nos.space import Space, SpaceConfig
+    from nos.tasks import task_names
+
+    config = cfg.load(ROOT / "experiments" / name)
+    assert config["task"]["name"] in task_names()
+    space = Space(SpaceConfig.from_dict(config["space"]))
+    make_controller(config["search"]["controller"], space, seed=0, **config["controller"])

@@ -12,7 +12,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 
-from nos.parser import RuleSyntaxError, parse, read_rule_source
+from nos.parser import RuleSyntaxError, read_rule_source
 from nos.rule import Rule
 
 USAGE_ERROR = 2
@@ -25,14 +25,13 @@ class UsageError(Exception):
 def resolve_rule(source: str) -> Rule:
     """Rule text, a file path, '-' for stdin, or a baseline's name."""
     from nos.baselines import BASELINES
+    from nos.optimizer import resolve
 
-    if source in BASELINES:
-        return parse(BASELINES[source].text)
     try:
-        text = read_rule_source(source)
+        text = source if source in BASELINES else read_rule_source(source)
     except OSError as err:
         raise UsageError(f"cannot read {source}: {err.strerror}") from None
-    return parse(text)
+    return resolve(text)[0]
 
 
 def rule_json(rule: Rule) -> dict:

@@ -26,7 +26,6 @@ from nos.rule import Rule
 from nos.tasks import Task, TaskData, default_device, get_task
 
 DEFAULT_LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-STATUSES = ("ok", "diverged", "timeout", "invalid", "failed")
 
 
 @dataclass

@@ -15,7 +15,7 @@ import io
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -166,7 +166,7 @@ class Search:
                              details={"pruned": True})
                 continue
             store.set_fingerprint(row.id, probe.digest)
-            row = store.get(row.id)
+            row = replace(row, fingerprint=probe.digest)
             if self._reuse(store, row):
                 continue
             if probe.digest in self.waiting:
@@ -271,13 +271,14 @@ class Search:
                 try:
                     result = ray.get(future)
                 except ray.exceptions.RayError as err:
-                    self._failed_attempt(store, row, queue, err)
+                    finished = self._failed_attempt(store, row, queue, err)
                     pool.replace(worker)
                 else:
                     faults.check("driver.record")
                     self._record(store, row, result)
+                    finished = True
                     pool.idle.append(worker)
-                if store.get(row.id).status != "pending":
+                if finished:
                     self._release(store, row, queue)
                 if bar is not None:
                     self._advance(bar, store)
@@ -296,14 +297,17 @@ class Search:
                      worker=result["worker"], node=result["node"], error=result["error"],
                      details=details)
 
-    def _failed_attempt(self, store: Store, row: Evaluation, queue: deque, err: Exception) -> None:
+    def _failed_attempt(self, store: Store, row: Evaluation, queue: deque,
+                        err: Exception) -> bool:
+        """Try the evaluation again, or record it failed; True once it is recorded."""
         attempts = store.get(row.id).attempts
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if attempts < self.max_attempts:
             queue.appendleft(row)
-        else:
-            store.record(row.id, status="failed", reward=self.floor,
-                         error=f"worker lost {attempts} times: {reason}"[:500])
+            return False
+        store.record(row.id, status="failed", reward=self.floor,
+                     error=f"worker lost {attempts} times: {reason}"[:500])
+        return True
 
     def _watchdog(self, store: Store, in_flight: dict, pool: _Pool, queue: deque) -> None:
         """An evaluation far past its time limit is hung: kill its worker, record timeout."""

@@ -102,8 +102,10 @@ class _Passes:
         visit(self.p.update, 1.0, ())
         scale = [t for t in terms if t.kind == "scale"]
         reads_w = any(w in t.args for t in terms)
-        if len(scale) > 1 or (scale and reads_w):
-            return  # keep the whole update as one term: w must be read before it changes
+        if len(scale) > 1 or (reads_w and len(terms) > 1):
+            # Each term writes the parameters in turn, so a term that reads w would see
+            # it changed by the one before: keep the whole update as one term.
+            return
         self.p.terms = scale + [t for t in terms if t.kind != "scale"]
 
     # 2. fused multiply-adds ----------------------------------------------------------

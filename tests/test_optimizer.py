@@ -444,3 +444,15 @@ def test_fused_path_matches_the_reference_for_every_baseline(name):
         train(model, opt, steps=20)
         results.append(model)
     assert max_rel_error(*results) < 1e-10
+
+
+def test_a_term_reading_w_sees_the_parameters_before_the_step():
+    rule = nos.parse("param momentum = 0.5\nstate buf = momentum * buf + g\n"
+                     "update = (g + (g * w)) + 0.1 * buf")
+    gen = torch.Generator().manual_seed(1)
+    params = [torch.randn(3, 4, generator=gen, dtype=torch.float64)]
+    grads = [torch.randn(3, 4, generator=gen, dtype=torch.float64)]
+    plain = _step_with(compile_rule(rule, optimize=False), params, grads, foreach=False)
+    fast = _step_with(compile_rule(rule), params, grads, foreach=True)
+    for a, b in zip(plain, fast):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -87,7 +87,7 @@ class Program:
     buffers: tuple[str, ...]
     needs_total_steps: bool
     random: bool
-    fresh: set[int] = field(default_factory=set)  # slots holding tensors made this step
+    copied: frozenset[str] = frozenset()  # buffers whose new value needs its own copy
 
     @property
     def instructions(self) -> int:
@@ -276,8 +276,28 @@ def compile_rule(rule: Rule, zeros: frozenset[str] = frozenset(), optimize: bool
         from nos.fusion import optimize_program
 
         optimize_program(program, b)
-    program.fresh = {i.out for i in program.tensor_code}
+    program.copied = _copied_buffers(program)
     return program
+
+
+def _copied_buffers(program: Program) -> frozenset[str]:
+    """The buffers that must copy their new value so that every buffer owns its tensors.
+
+    A buffer may keep, without a copy, a tensor made this step (or its own old
+    tensor) that no other buffer keeps.  Any other value (the gradient, the
+    parameter, another buffer's old tensor, a tensor an earlier buffer already
+    keeps) is copied: two buffers sharing one tensor would see each other's
+    in-place updates on the next step.
+    """
+    made = {i.out for i in program.tensor_code}
+    owned: set[int] = set()
+    copied = set()
+    for name, slot in program.state_out.items():
+        if slot not in owned and (slot in made or slot == program.inputs[name]):
+            owned.add(slot)
+        else:
+            copied.add(name)
+    return frozenset(copied)
 
 
 # --- scalar instructions -----------------------------------------------------------
@@ -373,7 +393,7 @@ def run_foreach(program: Program, group: Group, generator) -> None:
             env[ins.out] = (kernel.foreach_ if ins.inplace else kernel.foreach)(*args)
     for name, slot in program.state_out.items():
         value = env[slot]
-        group.buffers[name][:] = value if slot in program.fresh else [v.clone() for v in value]
+        group.buffers[name][:] = [v.clone() for v in value] if name in program.copied else value
     for term in program.terms:
         alpha = -group.lr * _coefficient(term, env)
         args = [env[a] for a in term.args]
@@ -410,7 +430,7 @@ def run_reference(program: Program, group: Group, generator) -> None:
                 env[ins.out] = (kernel.tensor_ if ins.inplace else kernel.tensor)(*args)
         for name, slot in program.state_out.items():
             value = env[slot]
-            group.buffers[name][i] = value if slot in program.fresh else value.clone()
+            group.buffers[name][i] = value.clone() if name in program.copied else value
         for term in program.terms:
             alpha = -group.lr * _coefficient(term, env)
             args = [env[a] for a in term.args]

@@ -456,3 +456,25 @@ def test_a_term_reading_w_sees_the_parameters_before_the_step():
     fast = _step_with(compile_rule(rule), params, grads, foreach=True)
     for a, b in zip(plain, fast):
         torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"foreach": False}, {"fused": True}],
+                         ids=["foreach", "reference", "fused"])
+def test_buffers_that_copy_each_other_own_their_tensors(kwargs):
+    """``state p = m`` once made p and m one tensor, so the update m_t - m_(t-1) became 0."""
+    rule = "param beta = 0.9 in [0, 1)\nstate m = beta * m + (1 - beta) * g\nupdate = m - p\n" \
+           "state p = m"
+    w = torch.zeros(64, 8, dtype=torch.float64, requires_grad=True)
+    opt = nos.Optimizer([w], rule, lr=1.0, **kwargs)
+    gen = torch.Generator().manual_seed(1)
+    m, p, expected = (torch.zeros(64, 8, dtype=torch.float64) for _ in range(3))
+    for _ in range(5):
+        g = torch.randn(64, 8, generator=gen, dtype=torch.float64)
+        w.grad = g.clone()
+        opt.step()
+        m = 0.9 * m + 0.1 * g
+        expected -= m - p
+        p = m.clone()
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-12, atol=1e-14)
+    state = opt.state[w]
+    assert state["m"].data_ptr() != state["p"].data_ptr()

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from nos.controllers.base import Proposal
+from nos.controllers.base import Proposal, make_controller
 from nos.controllers.program import (
     DEFAULT_FUNCTIONS,
     MUTATIONS,
@@ -29,6 +29,7 @@ import nos
 from nos.compiler import compile_rule
 from nos.fingerprint import fingerprint
 from nos.rule import Bounds
+from nos.space import Space
 
 STARTS = ("adamw", "momentum", "lion", "adam")
 
@@ -317,8 +318,7 @@ def test_load_state_dict_refuses_other_settings_and_controllers():
     with pytest.raises(ValueError, match="other settings: population"):
         ProgramEvolution(population=9).load_state_dict(state)
     with pytest.raises(ValueError, match="state is of controller 'program'"):
-        nos.controllers.make_controller("evolution", nos.controllers.base.Space()
-                                        ).load_state_dict(state)
+        make_controller("evolution", Space()).load_state_dict(state)
 
 
 @pytest.mark.parametrize("settings, words", [

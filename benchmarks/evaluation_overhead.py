@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from nos.evaluate import evaluate
+from nos.evaluation import evaluate
 from nos.tasks import get_task
 
 

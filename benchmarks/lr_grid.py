@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from nos.evaluate import DEFAULT_LR_GRID, EvalResult, _search_lr, _train
+from nos.evaluation import DEFAULT_LR_GRID, EvalResult, _search_lr, _train
 from nos.optimizer import resolve
 from nos.tasks import get_task
 

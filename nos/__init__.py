@@ -6,6 +6,7 @@ optimizers, and searched for by controllers whose child trainings run on Ray.
 
 from nos.baselines import Baseline, baselines
 from nos.compiler import RuleCompileError, compile_rule
+from nos.evaluation import EvalResult, evaluate
 from nos.optimizer import Optimizer
 from nos.parser import RuleSyntaxError, parse
 from nos.rule import Rule
@@ -13,6 +14,6 @@ from nos.rule import Rule
 __version__ = "0.1.0"
 
 __all__ = [
-    "Baseline", "Optimizer", "Rule", "RuleCompileError", "RuleSyntaxError",
-    "baselines", "compile_rule", "parse",
+    "Baseline", "EvalResult", "Optimizer", "Rule", "RuleCompileError", "RuleSyntaxError",
+    "baselines", "compile_rule", "evaluate", "parse",
 ]

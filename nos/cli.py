@@ -11,6 +11,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from nos.parser import RuleSyntaxError, read_rule_source
 from nos.rule import Rule
@@ -77,13 +78,10 @@ def _add_parse(sub: argparse._SubParsersAction) -> None:
 
 def _floats(text: str) -> list[float]:
     try:
-        values = [float(v) for v in text.split(",") if v.strip()]
+        return [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected numbers separated by commas, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"learning rates must be positive, got {text!r}")
-    return values
 
 
 def _positive_int(text: str) -> int:
@@ -96,21 +94,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _schedule(text: str | None):
-    """--schedule NAME or NAME:key=value,key=value (e.g. sgdr:T_0=10,T_mult=2)."""
-    if text is None:
-        return None
-    name, _, options = text.partition(":")
-    config: dict = {"name": name}
-    for item in filter(None, options.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--schedule option {item!r} is not key=value")
-        try:
-            config[key] = int(value) if value.lstrip("-").isdigit() else float(value)
-        except ValueError:
-            raise UsageError(f"--schedule option {key} must be a number, got {value!r}") from None
-    return config
+FLAGS = {"epochs": "--epochs", "lr": "--lr", "lr_grid": "--lr-grid",
+         "grid_epochs": "--grid-epochs", "snapshots": "--snapshots",
+         "time_limit": "--time-limit", "seed": "--seed", "schedule": "--schedule"}
+
+
+def evaluation_settings(args: argparse.Namespace) -> dict:
+    """The evaluation settings given on the command line, checked (nos.settings)."""
+    from nos.settings import SettingError, check_evaluation
+
+    given = {key: getattr(args, key) for key in FLAGS if hasattr(args, key)}
+    try:
+        return check_evaluation(given)
+    except SettingError as err:
+        raise UsageError(err.named(FLAGS[err.key])) from None
 
 
 def _task_options(args: argparse.Namespace) -> dict:
@@ -140,15 +137,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from nos.evaluate import evaluate
+    from nos.evaluation import evaluate
 
+    settings = evaluation_settings(args)
     rule = resolve_rule(args.rule)
-    if args.snapshots and not (args.schedule or "").startswith("sgdr"):
-        raise UsageError("--snapshots needs an SGDR schedule (--schedule sgdr:T_0=...)")
-    result = evaluate(rule, args.task, epochs=args.epochs, lr=args.lr, lr_grid=args.lr_grid,
-                      grid_epochs=args.grid_epochs, seed=args.seed, snapshots=args.snapshots,
-                      schedule=_schedule(args.schedule), time_limit=args.time_limit,
-                      device=args.device, task_options=_task_options(args),
+    result = evaluate(rule, args.task, **settings, device=args.device,
+                      task_options=_task_options(args),
                       progress=args.task in ("cifar10", "charlm") and not args.json)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -189,9 +183,10 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     from nos.baselines import BASELINES
-    from nos.evaluate import evaluate
+    from nos.evaluation import evaluate
     from nos.report import mean_spread, plot_curves, table
 
+    settings = evaluation_settings(args)
     names = args.names.split(",") if args.names else list(BASELINES)
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
@@ -200,9 +195,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         _check_writable(args.plot)
     rows, curves, records = [], {}, []
     for name in names:
-        results = [evaluate(name, args.task, epochs=args.epochs, lr=args.lr, lr_grid=args.lr_grid,
-                            grid_epochs=args.grid_epochs, seed=seed, device=args.device,
-                            schedule=_schedule(args.schedule), task_options=_task_options(args))
+        results = [evaluate(name, args.task, **settings, seed=seed, device=args.device,
+                            task_options=_task_options(args))
                    for seed in range(args.seeds)]
         rewards = [r.reward for r in results]
         tests = [r.test_accuracy for r in results if r.test_accuracy is not None]
@@ -318,6 +312,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from nos import inspect
     from nos.store import Store
 
+    evaluation_settings(argparse.Namespace(epochs=args.epochs))  # --retrain's budget
     for path in (args.plot, args.retrain_plot):
         if path:
             _check_writable(path)
@@ -370,8 +365,15 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nos",
         description="Neural Optimizer Search: write update rules, compile them into torch "
         "optimizers, evaluate them, and search for new ones.",

@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nos.settings import SettingError, check_evaluation
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -104,11 +106,10 @@ def _check_values(config: dict, source: str) -> None:
     need(config["workers"]["max_attempts"] >= 1, "workers", "max_attempts", "must be at least 1")
     need(config["workers"]["num_cpus"] >= 0, "workers", "num_cpus", "must not be negative")
     need(config["workers"]["num_gpus"] >= 0, "workers", "num_gpus", "must not be negative")
-    need(config["evaluation"]["epochs"] > 0, "evaluation", "epochs", "must be positive")
-    grid = config["evaluation"]["lr_grid"]
-    need(bool(grid) and all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-                            for v in grid), "evaluation", "lr_grid",
-         "must be a list of positive numbers")
+    try:
+        check_evaluation(config["evaluation"])
+    except SettingError as err:
+        raise ConfigError(f"{source}: [evaluation] {err}") from None
     if not isinstance(config["task"].get("name"), str):
         raise ConfigError(f"{source}: [task] name must be a string")
 

@@ -10,8 +10,10 @@ Points: ``driver.ask`` (proposals asked, not yet stored), ``driver.dispatch``
 (an evaluation sent, its start being written), ``driver.record`` (a result in
 hand, not yet written), ``driver.tell`` (the controller updated, its
 checkpoint not yet written), ``driver.checkpoint`` (just after a checkpoint),
-``worker.evaluate`` (in a worker, before training), and ``worker.hang``,
-which makes the worker sleep forever instead of dying.
+``worker.evaluate`` (in a worker, before training), ``worker.hang``,
+which makes the worker sleep forever instead of dying, and ``worker.raise``,
+which makes the evaluation raise :class:`InjectedError` (as a bug in a child
+network would) and leaves the worker alive.
 """
 
 from __future__ import annotations
@@ -42,6 +44,16 @@ def _due(point: str, text: str) -> bool:
         _counts[point] = _counts.get(point, 0) + 1
         return _counts[point] == int(arg)
     return not arg or arg in text
+
+
+class InjectedError(Exception):
+    """Raised where NOS_FAULTS asks for an exception (``fail``)."""
+
+
+def fail(point: str, text: str = "") -> None:
+    """Raise InjectedError if NOS_FAULTS asks for it at this point."""
+    if _due(point, text):
+        raise InjectedError(f"fault injected at {point}")
 
 
 def check(point: str, text: str = "") -> None:

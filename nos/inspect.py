@@ -130,7 +130,7 @@ def retrain(store: Store, k: int, epochs: float | None, seeds: int, task: str | 
     """Train the top k rules and the baselines again, record them, return the table."""
     import sys
 
-    from nos.evaluate import evaluate
+    from nos.evaluation import evaluate
     from nos.workers import evaluation_kwargs
 
     config = store.config

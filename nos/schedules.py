@@ -172,10 +172,12 @@ def make_scheduler(name: str, optimizer: torch.optim.Optimizer, total_steps: int
     """
     build = _lookup(name)
     allowed = _options(build)
-    for key in options:
+    kinds = _option_kinds(build)
+    for key, value in options.items():
         if key not in allowed:
             raise ValueError(f"unknown option {key!r} for schedule {name!r}; "
                              f"allowed: {', '.join(allowed) or 'none'}")
+        _check_kind(key, value, kinds[key])
     if total_steps is not None:
         total_steps = _positive_int("total_steps", total_steps)
     return build(optimizer, total_steps, **options)
@@ -194,6 +196,62 @@ def from_config(cfg: dict | str | None, optimizer: torch.optim.Optimizer,
         raise ValueError(f"schedule table {cfg!r} needs a 'name'; known: {', '.join(SCHEDULES)}")
     options = {key: value for key, value in cfg.items() if key != "name"}
     return make_scheduler(cfg["name"], optimizer, total_steps, **options)
+
+
+def parse_spec(text: str) -> dict:
+    """``NAME`` or ``NAME:key=value,key=value`` (``sgdr:T_0=50,T_mult=2``) as a table.
+
+    Values are read as integers, numbers, ``true``/``false`` or else left as text;
+    ``check`` then refuses what the schedule cannot use.
+    """
+    name, _, options = text.partition(":")
+    config: dict[str, Any] = {"name": name.strip()}
+    for item in options.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"option {item.strip()!r} of {text!r} is not key=value")
+        config[key.strip()] = _option_value(value.strip())
+    return config
+
+
+def _option_value(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
+
+
+CHECK_TOTAL_STEPS = 1_000_000  # stands in for total_steps when a schedule is checked early
+
+
+def check(cfg: dict | str | None, total_steps: int | None = None,
+          lr: float | None = None) -> dict | None:
+    """``cfg`` (None, a name, ``NAME:key=value,...`` or a table) as None or a table, once
+    ``from_config`` accepts it; the ValueError of ``from_config`` otherwise.
+
+    The schedule is built and stepped on a throw-away optimizer, so every check of a
+    name, an option or its value is the one training would meet.  Without
+    ``total_steps`` a long run is assumed, and without ``lr`` a tiny rate, so that
+    options bounded by the run's length or its rate are checked once those are known.
+    """
+    if cfg is None:
+        return None
+    if isinstance(cfg, str):
+        cfg = parse_spec(cfg)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"a schedule is a name or a table, got {type(cfg).__name__} {cfg!r}")
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1e-12 if lr is None else lr)
+    scheduler = from_config(cfg, probe, CHECK_TOTAL_STEPS if total_steps is None else total_steps)
+    for _ in range(2):  # the first steps reach what construction alone does not
+        probe.step()
+        scheduler.step()
+    return dict(cfg)
 
 
 def sgdr_cycle_ends(T_0: int, T_mult: int, total_steps: int) -> list[int]:  # noqa: N803
@@ -229,6 +287,30 @@ def _options(build: Callable[..., LRScheduler]) -> dict[str, Any]:
             if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def _option_kinds(build: Callable[..., LRScheduler]) -> dict[str, str]:
+    """Each option's annotation, as text (``"float"``, ``"int | None"``, ``"str"``)."""
+    return {p.name: str(p.annotation) for p in inspect.signature(build).parameters.values()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _check_kind(key: str, value: Any, kind: str) -> None:
+    """ValueError unless ``value`` fits the option's annotation (None where it allows it)."""
+    if value is None and "None" in kind:
+        return
+    if "bool" in kind:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key} must be true or false, got {value!r}")
+    elif "str" in kind:
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be text, got {value!r}")
+    elif "int" in kind and "float" not in kind:
+        _int(key, value)
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{key} must be a number, got {value!r}")
+    elif not math.isfinite(value):
+        raise ValueError(f"{key} must be finite, got {value!r}")
+
+
 def _need_total(name: str, total: int | None) -> int:
     if total is None:
         raise ValueError(f"schedule {name!r} needs total_steps")
@@ -261,5 +343,5 @@ def _positive(key: str, value: Any) -> float:
     return float(value)
 
 
-__all__ = ["SCHEDULES", "from_config", "make_scheduler", "schedule_names", "schedule_options",
-           "sgdr_cycle_ends"]
+__all__ = ["SCHEDULES", "check", "from_config", "make_scheduler", "parse_spec", "schedule_names",
+           "schedule_options", "sgdr_cycle_ends"]

@@ -47,6 +47,16 @@ class SearchSummary:
         return self.finished / self.seconds if self.seconds > 0 else 0.0
 
 
+def _raised_in_task(err: Exception) -> bool:
+    """True when ``err`` is an exception the evaluation raised in a live worker (a bug in
+    a child network, a bad shape), False when the worker itself was lost (its process or
+    node died: RayActorError, ActorDiedError, WorkerCrashedError, ...)."""
+    import ray
+
+    return (isinstance(err, ray.exceptions.RayTaskError)
+            and not isinstance(getattr(err, "cause", None), ray.exceptions.RayError))
+
+
 class _Pool:
     """The workers: idle ones, and replacements for lost ones while they start.
 
@@ -120,7 +130,14 @@ class Search:
     # --- the controller's side -------------------------------------------------------
 
     def _restore(self, store: Store) -> int:
-        """Load the last checkpoint; returns the next batch to tell."""
+        """Load the last checkpoint; returns the next batch to tell.
+
+        Every batch of proposals is stored together with the controller's state right
+        after it proposed them, and every tell is followed by a checkpoint, so the last
+        checkpoint is the controller as it was after the last event the store holds: it
+        has proposed exactly the stored batches and been told the batches before the
+        one returned.  A resumed run therefore proposes what the run would have.
+        """
         checkpoint = store.latest_checkpoint()
         self.told = 0
         if checkpoint is None:
@@ -129,12 +146,13 @@ class Search:
         self.controller.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
         return batch + 1
 
-    def _checkpoint(self, store: Store, batch: int, told: int) -> None:
+    def _state(self) -> bytes:
         buffer = io.BytesIO()
         torch.save(self.controller.state_dict(), buffer)
-        store.save_checkpoint(batch, told, buffer.getvalue())
+        return buffer.getvalue()
 
-    def _ask(self, store: Store, batch: int, n: int) -> list[Evaluation]:
+    def _ask(self, store: Store, batch: int, n: int, next_tell: int) -> list[Evaluation]:
+        """Ask for batch ``batch``; its rows and the controller's state go in at once."""
         proposals = self.controller.ask(n)
         faults.check("driver.ask")
         rows = []
@@ -144,7 +162,8 @@ class Search:
             except RuleSyntaxError:
                 text = p.text
             rows.append((p.tokens, text))
-        ids = set(store.add_proposals(batch, rows))
+        ids = set(store.add_proposals(batch, rows,
+                                      checkpoint=(next_tell - 1, self.told, self._state())))
         return self._admit(store, [e for e in store.batch(batch) if e.id in ids])
 
     def _admit(self, store: Store, rows: list[Evaluation]) -> list[Evaluation]:
@@ -205,7 +224,7 @@ class Search:
             self.controller.tell(proposals, rewards)
             faults.check("driver.tell")
             self.told += len(rows)
-            self._checkpoint(store, next_tell, self.told)
+            store.save_checkpoint(next_tell, self.told, self._state())
             faults.check("driver.checkpoint")
             next_tell += 1
         return next_tell
@@ -245,7 +264,7 @@ class Search:
             while pool.idle and (queue or total < self.budget):
                 if not queue:
                     n = min(self.batch_size, self.budget - total)
-                    queue.extend(self._ask(store, asked_batches, n))
+                    queue.extend(self._ask(store, asked_batches, n, next_tell))
                     asked_batches += 1
                     total += n
                     continue
@@ -271,8 +290,13 @@ class Search:
                 try:
                     result = ray.get(future)
                 except ray.exceptions.RayError as err:
-                    finished = self._failed_attempt(store, row, queue, err)
-                    pool.replace(worker)
+                    if _raised_in_task(err):  # the worker is fine; the evaluation failed
+                        self._record_error(store, row, err)
+                        finished = True
+                        pool.idle.append(worker)
+                    else:  # the worker is gone
+                        finished = self._failed_attempt(store, row, queue, err)
+                        pool.replace(worker)
                 else:
                     faults.check("driver.record")
                     self._record(store, row, result)
@@ -296,6 +320,14 @@ class Search:
                      test_metric=result["test_accuracy"], seconds=result["seconds"],
                      worker=result["worker"], node=result["node"], error=result["error"],
                      details=details)
+
+    def _record_error(self, store: Store, row: Evaluation, err: Exception) -> None:
+        """An exception raised by the evaluation itself: it would raise again, so it is
+        recorded ``failed`` with its message at once."""
+        cause = getattr(err, "cause", None) or err
+        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        message = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
+        store.record(row.id, status="failed", reward=self.floor, error=message[:500])
 
     def _failed_attempt(self, store: Store, row: Evaluation, queue: deque,
                         err: Exception) -> bool:

@@ -208,16 +208,25 @@ class Store:
 
     # --- evaluations -----------------------------------------------------------------
 
-    def add_proposals(self, batch: int, proposals: Sequence[tuple[Sequence[int], str]]
-                      ) -> list[int]:
-        """Insert the proposals of one controller batch as pending rows; returns their ids."""
+    def add_proposals(self, batch: int, proposals: Sequence[tuple[Sequence[int], str]],
+                      checkpoint: tuple[int, int, bytes] | None = None) -> list[int]:
+        """Insert the proposals of one controller batch as pending rows; returns their ids.
+
+        ``checkpoint`` (``batch, told, state`` as in :meth:`save_checkpoint`), the
+        controller's state right after it proposed them, is written in the same
+        transaction: a run killed at any instant has either both or neither, so the
+        controller it resumes from has made exactly the proposals the store holds."""
         batch = _index("batch", batch)
         rows = [(json.dumps(_tokens(tokens)), _text("rule", rule)) for tokens, rule in proposals]
+        values = _checkpoint_values(*checkpoint) if checkpoint is not None else None
         now = time.time()
         with self._write() as conn:
-            return [conn.execute("INSERT INTO evaluations (batch, tokens, rule, asked_at) "
-                                 "VALUES (?, ?, ?, ?)", (batch, tokens, rule, now)).lastrowid
-                    for tokens, rule in rows]
+            ids = [conn.execute("INSERT INTO evaluations (batch, tokens, rule, asked_at) "
+                                "VALUES (?, ?, ?, ?)", (batch, tokens, rule, now)).lastrowid
+                   for tokens, rule in rows]
+            if values is not None:
+                _insert_checkpoint(conn, values)
+            return ids
 
     def mark_started(self, eval_id: int, worker: str, node: str) -> None:
         """Note that a pending evaluation was handed to a worker (attempts += 1)."""
@@ -340,19 +349,15 @@ class Store:
     # --- checkpoints and re-trainings -------------------------------------------------
 
     def save_checkpoint(self, batch: int, told: int, state: bytes) -> None:
-        """Keep the controller's state after ``batch``; the last few are kept."""
-        if not isinstance(state, (bytes, bytearray, memoryview)):
-            raise TypeError(f"checkpoint state must be bytes, got {type(state).__name__}")
-        values = (_index("batch", batch), _index("told", told), bytes(state), time.time())
+        """Keep the controller's state once it has been told every batch up to ``batch``
+        (-1: none yet) and ``told`` proposals in all; the last few are kept."""
+        values = _checkpoint_values(batch, told, state)
         with self._write() as conn:
-            conn.execute("INSERT INTO checkpoints (batch, told, state, created) "
-                         "VALUES (?, ?, ?, ?)", values)
-            conn.execute("DELETE FROM checkpoints WHERE id NOT IN "
-                         "(SELECT id FROM checkpoints ORDER BY id DESC LIMIT ?)",
-                         (KEEP_CHECKPOINTS,))
+            _insert_checkpoint(conn, values)
 
     def latest_checkpoint(self) -> tuple[int, int, bytes] | None:
-        """(batch, told, state) of the last checkpoint, or None."""
+        """(batch, told, state) of the last checkpoint, or None; batch is the last batch
+        told (-1 when the controller had proposed but not yet been told anything)."""
         row = self._conn.execute("SELECT batch, told, state FROM checkpoints "
                                  "ORDER BY id DESC LIMIT 1").fetchone()
         return (row[0], row[1], bytes(row[2])) if row else None
@@ -406,6 +411,20 @@ class Store:
                               (eval_id,)).fetchone() is None:
             raise StoreError(f"no evaluation {eval_id} in run {self.path} "
                              f"(it has {self.count()})")
+
+
+def _checkpoint_values(batch: int, told: int, state: bytes) -> tuple[int, int, bytes, float]:
+    if not isinstance(state, (bytes, bytearray, memoryview)):
+        raise TypeError(f"checkpoint state must be bytes, got {type(state).__name__}")
+    batch = -1 if batch == -1 else _index("batch", batch)  # -1: nothing told yet
+    return batch, _index("told", told), bytes(state), time.time()
+
+
+def _insert_checkpoint(conn: sqlite3.Connection, values: tuple[int, int, bytes, float]) -> None:
+    conn.execute("INSERT INTO checkpoints (batch, told, state, created) VALUES (?, ?, ?, ?)",
+                 values)
+    conn.execute("DELETE FROM checkpoints WHERE id NOT IN "
+                 "(SELECT id FROM checkpoints ORDER BY id DESC LIMIT ?)", (KEEP_CHECKPOINTS,))
 
 
 # --- files, locks and connections ------------------------------------------------------

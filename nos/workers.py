@@ -59,10 +59,11 @@ class EvalWorker:
 
     def evaluate(self, eval_id: int, rule: str, seed: int) -> dict:
         from nos import faults
-        from nos.evaluate import evaluate
+        from nos.evaluation import evaluate
 
         faults.check("worker.evaluate", rule)
         faults.hang("worker.hang", rule)
+        faults.fail("worker.raise", rule)
         started = time.time()
         result = evaluate(rule, self.task, seed=seed, **self.evaluation)
         out = result.to_dict()

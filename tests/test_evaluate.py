@@ -1,4 +1,5 @@
-"""nos.evaluate: rewards, learning-rate search, failure statuses, determinism, snapshots."""
+"""nos.evaluate (nos/evaluation.py): rewards, learning-rate search, failure statuses,
+determinism, snapshots."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 import nos
-from nos.evaluate import evaluate
+from nos.evaluation import evaluate
 
 
 @pytest.fixture(autouse=True)
@@ -131,3 +132,21 @@ def test_batched_grid_picks_the_same_rate_as_one_at_a_time(rule):
         assert a["lr"] == b["lr"] and a["status"] == b["status"]
         assert abs(a["reward"] - b["reward"]) < 0.02
     assert abs(batched.reward - one_by_one.reward) < 0.02
+
+
+def test_nos_evaluate_is_the_function_even_after_importing_the_module():
+    probe = ("import nos, nos.evaluation\n"
+             "print(nos.evaluate is nos.evaluation.evaluate, nos.evaluate.__name__,\n"
+             "      nos.EvalResult is nos.evaluation.EvalResult, callable(nos.evaluate))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "evaluate", "True", "True"]
+
+
+def test_nos_evaluate_as_the_readme_shows():
+    import nos.evaluation  # noqa: F401 - importing the module must not shadow the function
+
+    result = nos.evaluate("adam", task="mnist1d", epochs=1, lr=1e-2, seed=0)
+    assert isinstance(result, nos.EvalResult)
+    assert result.status == "ok" and result.task == "mnist1d" and 0.1 < result.reward <= 1

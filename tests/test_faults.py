@@ -4,6 +4,7 @@ five different moments.  Nothing recorded is lost or recorded twice."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -18,7 +19,7 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import ray  # noqa: E402
 
 from nos import config as cfg  # noqa: E402
-from nos.evaluate import evaluate  # noqa: E402
+from nos.evaluation import evaluate  # noqa: E402
 from nos.search import Search  # noqa: E402
 from nos.store import Store  # noqa: E402
 from nos.tasks import get_task  # noqa: E402
@@ -26,12 +27,14 @@ from tests.helpers import check_run  # noqa: E402
 
 KILLER = "13.125"  # a worker dies on any rule containing this
 HANGER = "7.375"  # a worker hangs on any rule containing this
+RAISER = "5.625"  # an evaluation raises (the worker lives) on any rule containing this
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     os.environ["NOS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
-    os.environ["NOS_FAULTS"] = f"worker.evaluate:{KILLER},worker.hang:{HANGER}"
+    os.environ["NOS_FAULTS"] = (f"worker.evaluate:{KILLER},worker.hang:{HANGER},"
+                                f"worker.raise:{RAISER}")
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False)
     del os.environ["NOS_FAULTS"]  # the workers keep it; this process and its drivers do not
@@ -64,6 +67,20 @@ def test_a_worker_dying_on_every_try_is_recorded_failed(cluster, tmp_path):
     assert rows[0].status == "failed" and rows[0].attempts == 2
     assert "worker lost 2 times" in rows[0].error
     assert rows[1].status == rows[2].status == "ok"  # the replaced workers carried on
+
+
+def test_an_exception_in_the_evaluation_is_failed_at_once_and_the_worker_kept(cluster, tmp_path):
+    config = make_config(search={"budget": 3, "batch": 3}, workers={"count": 1})
+    out = tmp_path / "run"
+    seeded_run(out, config, [f"sign(g) * {RAISER}", "sign(g)", "g"])
+    Search(config, out).run()
+    rows = check_run(out, 3)
+    assert rows[0].status == "failed" and rows[0].attempts == 1, rows[0]
+    assert rows[0].error == "InjectedError: fault injected at worker.raise"
+    assert rows[0].reward == 0.0
+    assert rows[1].status == rows[2].status == "ok"
+    assert rows[0].worker and rows[0].worker == rows[1].worker == rows[2].worker  # not replaced
+    assert all(r.attempts == 1 for r in rows)
 
 
 def test_a_hung_evaluation_times_out_and_its_worker_is_replaced(cluster, tmp_path):
@@ -171,3 +188,78 @@ def test_the_driver_killed_at_any_moment_resumes_to_the_budget(cluster, tmp_path
     with Store.open(out) as store:
         batch, told, _ = store.latest_checkpoint()
     assert (batch, told) == (2, 9)
+
+
+# --- a resumed search continues exactly ------------------------------------------------
+
+EXACT_BUDGET = 12
+
+
+def _exact_config(controller: str) -> dict:
+    return make_config(search={"controller": controller, "budget": EXACT_BUDGET, "batch": 3,
+                               "seed": 5},
+                       workers={"count": 1})
+
+
+def _driver(cluster: str, tmp_path, config: dict, fault: str | None):
+    path = tmp_path / "run.toml"
+    path.write_text(_toml(config))
+    command = [sys.executable, "-m", "nos.cli", "search", "--config", str(path), "--out",
+               str(tmp_path / "run"), "--address", cluster, "--quiet"]
+    env = {**os.environ, "NOS_FAULTS": fault} if fault else None
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _record(out) -> tuple[list[tuple], dict]:
+    """What the run recorded, in id order, and the controller's last state."""
+    rows = check_run(out, EXACT_BUDGET)
+    with Store.open(out) as store:
+        batch, told, state = store.latest_checkpoint()
+    assert (batch, told) == (EXACT_BUDGET // 3 - 1, EXACT_BUDGET)
+    return ([(r.id, r.batch, r.tokens, r.rule, r.status, r.reward, r.lr, r.fingerprint)
+             for r in rows], torch.load(io.BytesIO(state), weights_only=True))
+
+
+def _same_state(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(
+            _same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+_REFERENCE: dict[str, tuple[list[tuple], dict]] = {}
+
+
+def _reference(cluster: str, tmp_path_factory, controller: str) -> tuple[list[tuple], dict]:
+    """The run that was never killed (one per controller, for the whole module)."""
+    if controller not in _REFERENCE:
+        folder = tmp_path_factory.mktemp(f"reference-{controller}")
+        done = _driver(cluster, folder, _exact_config(controller), None)
+        assert done.returncode == 0, done.stderr
+        _REFERENCE[controller] = _record(folder / "run")
+    return _REFERENCE[controller]
+
+
+EXACT_CASES = [(controller, fault) for controller in ("rnn", "evolution", "random")
+               for fault in DRIVER_POINTS]
+
+
+@pytest.mark.parametrize("controller,fault", EXACT_CASES,
+                         ids=[f"{c}-{f}" for c, f in EXACT_CASES])
+def test_a_killed_and_resumed_search_records_what_an_unkilled_one_does(
+        cluster, tmp_path, tmp_path_factory, controller, fault):
+    """One worker, a fixed seed: killed at any of the five moments and resumed, the run
+    records the same rules under the same ids, with the same results, and its controller
+    ends in the same state (the RNG and the REINFORCE updates included)."""
+    rows, state = _reference(cluster, tmp_path_factory, controller)
+    crashed = _driver(cluster, tmp_path, _exact_config(controller), fault)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    finished = _driver(cluster, tmp_path, _exact_config(controller), None)
+    assert finished.returncode == 0, finished.stderr
+    resumed_rows, resumed_state = _record(tmp_path / "run")
+    assert resumed_rows == rows
+    assert _same_state(resumed_state, state)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nos import parse
 from nos.space import (
     DECAY_OPERANDS,
     DEFAULT_BINARY,
@@ -20,14 +21,6 @@ SPACES = {
     "two_units": SpaceConfig(units=2),
     "three_units_flags": SpaceConfig(units=3, decay_operands=True, annealed_noise=True),
 }
-
-
-def parse_or_skip():
-    try:
-        from nos import parse
-    except ImportError:
-        pytest.skip("nos.parse is not there yet")
-    return parse
 
 
 @pytest.fixture(params=list(SPACES), ids=list(SPACES))
@@ -96,7 +89,6 @@ def test_every_choice_shows_in_the_text(space):
 
 
 def test_every_choice_parses(space):
-    parse = parse_or_skip()
     for position, n in enumerate(space.decisions):
         for choice in range(n):
             chosen, _ = _visible_tokens(space, position, choice)
@@ -104,7 +96,6 @@ def test_every_choice_parses(space):
 
 
 def test_substitution_examples():
-    parse = parse_or_skip()
     space = Space()
     tokens = space.tokens_from_choices(["g", "m_hat", "exp(x)", "x", "x * y"])
     assert tokens == (0, 3, 2, 0, 2)
@@ -120,7 +111,6 @@ def test_substitution_examples():
 
 
 def test_units_inline_earlier_units():
-    parse = parse_or_skip()
     space = Space(SpaceConfig(units=2))
     tokens = space.tokens_from_choices(["g", "m_hat", "exp(x)", "x", "x * y",
                                         "unit0", "g", "x", "-x", "x - y"])
@@ -199,7 +189,6 @@ def test_sample_is_uniform_and_seeded():
 
 
 def test_random_token_lists_parse():
-    parse = parse_or_skip()
     for config, seed in ((SpaceConfig(), 0), (SpaceConfig(units=2, decay_operands=True,
                                                           annealed_noise=True), 1)):
         space = Space(config)

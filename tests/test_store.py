@@ -164,17 +164,26 @@ def test_create_or_open_refuses_an_unusable_directory_and_creates_nothing(tmp_pa
     assert files_under(tmp_path) == before
 
 
-def test_create_or_open_refuses_a_directory_without_write_permission(tmp_path):
+@pytest.fixture
+def unwritable_dir(tmp_path):
+    """An existing directory this process may not write to: one with mode 0o500, or,
+    when the mode does not bind (root), /proc/self, where not even root may create a file."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     try:
-        if os.access(locked, os.W_OK):
-            pytest.skip("running as a user who may write anywhere (root)")
-        with pytest.raises(StoreError, match=f"cannot write to run directory {locked}"):
-            Store.create_or_open(locked, CONFIG)
-        assert list(locked.iterdir()) == []
+        yield locked if not os.access(locked, os.W_OK) else Path("/proc/self")
     finally:
         locked.chmod(0o700)
+
+
+def test_create_or_open_refuses_a_directory_without_write_permission(unwritable_dir):
+    assert unwritable_dir.is_dir() and not os.access(unwritable_dir, os.W_OK)
+    before = sorted(p.name for p in unwritable_dir.iterdir())
+    with pytest.raises(StoreError, match=f"cannot write to run directory {unwritable_dir} "
+                                         r"\(permission denied\)"):
+        Store.create_or_open(unwritable_dir, CONFIG)
+    assert sorted(p.name for p in unwritable_dir.iterdir()) == before
+    assert not (unwritable_dir / "nos.lock").exists() and not (unwritable_dir / "nos.db").exists()
 
 
 def test_create_or_open_refuses_a_foreign_database_in_the_directory(tmp_path):

@@ -6,7 +6,9 @@ a log grid, the best one then trained for the full budget), trains the
 task's child and returns an :class:`EvalResult`.  Nothing the rule does
 raises into the caller: a rule that cannot compile is ``invalid``, one whose
 loss or parameters blow up is ``diverged``, one past its time limit is
-``timeout``; each gets the floor reward.
+``timeout``; each gets the floor reward.  A bad setting (a learning rate that
+is not a positive number, an unknown schedule, ...) is the caller's mistake:
+a ValueError naming the setting (``nos.settings``), raised before any training.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from nos.compiler import RuleCompileError
 from nos.optimizer import Optimizer, resolve
 from nos.parser import RuleSyntaxError
 from nos.rule import Rule
+from nos.settings import check_evaluation, check_schedule
 from nos.tasks import Task, TaskData, default_device, get_task
 
 DEFAULT_LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -94,8 +97,7 @@ def _train(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, 
     torch.manual_seed(seed)
     model = task.build_model().to(device)
     n = len(data.train_x)
-    per_epoch = max(1, math.ceil(n / batch_size))
-    total = max(1, round(epochs * per_epoch))
+    total = _total_steps(n, batch_size, epochs)
     opt = Optimizer(model.parameters(), rule, lr=lr, total_steps=total, seed=seed)
     scheduler = None
     if schedule is not None:
@@ -153,6 +155,10 @@ def _train(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, 
     return run
 
 
+def _total_steps(examples: int, batch_size: int, epochs: float) -> int:
+    return max(1, round(epochs * max(1, math.ceil(examples / batch_size))))
+
+
 def _progress(total: int, name: str):
     from tqdm import tqdm
 
@@ -200,7 +206,8 @@ def evaluate(
         epochs: the full training budget (the task's default if None).
         lr: a fixed learning rate; if None, each rate of ``lr_grid`` is trained
             for ``grid_epochs`` and the best one (by validation accuracy) is kept.
-        schedule: a learning-rate schedule by name or config (``nos.schedules``).
+        schedule: a learning-rate schedule (``nos.schedules``): a name, a table
+            (``{"name": "sgdr", "T_0": 50}``) or ``"sgdr:T_0=50,T_mult=2"``.
         snapshots: with an SGDR schedule, keep the model at the end of each of
             the last ``snapshots`` cycles and report their ensemble's accuracy.
         time_limit: seconds for the whole evaluation; past it, status ``timeout``.
@@ -208,8 +215,16 @@ def evaluate(
         batched_grid: train the grid's short runs as one vmap-ed model (nos.grid);
             by default on CUDA, where it pays, and not on the CPU, where the child's
             arithmetic, not the per-step overhead, is the cost.
+
+    Raises:
+        ValueError: a bad setting (``nos.settings.SettingError``, naming it), before
+            any training.  A bad rule does not raise: its status is ``invalid``.
     """
     start = time.monotonic()
+    schedule = check_evaluation(
+        {"epochs": epochs, "lr": lr, "lr_grid": lr_grid, "grid_epochs": grid_epochs,
+         "batch_size": batch_size, "snapshots": snapshots, "time_limit": time_limit,
+         "floor": floor, "seed": seed, "schedule": schedule})["schedule"]
     text = rule if isinstance(rule, str) else str(rule)
     task_obj = get_task(task, **(task_options or {})) if isinstance(task, str) else task
     result = EvalResult(rule=text, task=task_obj.name, status="ok", reward=floor, seed=seed)
@@ -224,12 +239,16 @@ def evaluate(
     data = task_obj.load(device)
     epochs = task_obj.epochs if epochs is None else epochs
     result.epochs = epochs
+    batch_size = batch_size or task_obj.batch_size
+    grid = DEFAULT_LR_GRID if lr_grid is None else lr_grid
+    if schedule is not None:  # now that the run's length and its possible rates are known
+        check_schedule(schedule, _total_steps(len(data.train_x), batch_size, epochs),
+                       [lr] if lr is not None else grid)
     deadline = start + time_limit if time_limit else math.inf
-    common = dict(seed=seed, batch_size=batch_size or task_obj.batch_size, device=device,
+    common = dict(seed=seed, batch_size=batch_size, device=device,
                   deadline=deadline, progress=progress)
     if lr is None:
-        lr = _search_lr(parsed, task_obj, data, lr_grid or DEFAULT_LR_GRID, grid_epochs,
-                        result, floor, common,
+        lr = _search_lr(parsed, task_obj, data, grid, grid_epochs, result, floor, common,
                         batched=device.type == "cuda" if batched_grid is None else batched_grid)
         if lr is None:
             result.seconds = time.monotonic() - start

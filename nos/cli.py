@@ -384,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    from nos.settings import SettingError
+
+    if isinstance(err, SettingError) and err.key in FLAGS:  # found once the data was loaded
+        return err.named(FLAGS[err.key])
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -392,8 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuleSyntaxError as err:
         print(f"nos {args.command}: error: {err}", file=sys.stderr)
     except (UsageError, ValueError, OSError) as err:
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"nos {args.command}: error: {text}", file=sys.stderr)
+        print(f"nos {args.command}: error: {_one_line(err)}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"nos {args.command}: interrupted", file=sys.stderr)
         return 130

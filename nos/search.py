@@ -1,12 +1,20 @@
 """The search: a controller proposes rules, Ray workers train children, the store keeps all.
 
 The driver keeps every worker busy: it asks the controller for a batch of
-proposals, records them (``pending``) before dispatching them, records each
-result the moment it arrives, and tells the controller a batch's rewards once
-the whole batch is in, checkpointing the controller after every update.
-Running again on the same directory resumes: the controller comes back from
-its last checkpoint, pending evaluations are run again, and the run stops at
-the same budget with nothing lost or recorded twice.
+proposals, records them (``pending``, in one transaction with the controller's
+state) before dispatching them, records each result the moment it arrives, and
+tells the controller a batch's rewards once the whole batch is in,
+checkpointing the controller after every update.  Running again on the same
+directory resumes: the controller comes back from its last checkpoint, which
+has proposed exactly the stored batches, stored proposals are dispatched (not
+asked again), pending evaluations are run again, and the run stops at the same
+budget with nothing lost or recorded twice: with one worker, the same rules in
+the same order as a run never stopped.
+
+A Python exception raised by an evaluation (a bug in a child network) is
+recorded ``failed`` at once, with its message, and the worker goes on; only a
+worker that died (its process or its node) is replaced and its evaluation
+tried again, up to ``[workers] max_attempts`` times.
 """
 
 from __future__ import annotations

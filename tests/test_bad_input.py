@@ -252,6 +252,11 @@ def test_a_schedule_too_long_for_the_run_is_refused_before_training(monkeypatch,
     with pytest.raises(ValueError, match=r"schedule is not usable: warmup must be in \[0, "):
         nos.evaluate("adam", "digits", epochs=1, lr=0.1,
                      schedule={"name": "warmup_cosine", "warmup": 10_000})
+    out = nos_cli("eval", "adam", "--task", "digits", "--lr", "0.1", "--schedule",
+                  "warmup_cosine:warmup=10000", env={"NOS_CACHE_DIR": str(tmp_path)})
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("nos eval: error: --schedule is not usable: warmup must be")
+    assert len(out.stderr.strip().splitlines()) == 1
 
 
 def test_inspect_refuses_what_is_not_a_run(tmp_path):

@@ -262,6 +262,21 @@ def test_checkpoints_keep_the_latest_three(tmp_path):
     conn.close()
 
 
+def test_proposals_and_the_state_that_asked_for_them_go_in_together(tmp_path):
+    with Store.create_or_open(tmp_path, CONFIG) as store:
+        ids = store.add_proposals(0, [([1], "a"), ([2], "b")], checkpoint=(-1, 0, b"asked 0"))
+        assert store.latest_checkpoint() == (-1, 0, b"asked 0")  # nothing told yet
+        with pytest.raises(TypeError, match="bytes, got str"):
+            store.add_proposals(1, [([3], "c")], checkpoint=(0, 2, "asked 1"))
+        with pytest.raises(ValueError, match="batch must be >= 0, got -2"):
+            store.add_proposals(1, [([3], "c")], checkpoint=(-2, 2, b"asked 1"))
+        assert store.count() == 2 and store.latest_checkpoint() == (-1, 0, b"asked 0")
+        store.save_checkpoint(0, 2, b"told 0")
+        more = store.add_proposals(1, [([3], "c")], checkpoint=(0, 2, b"asked 1"))
+        assert store.latest_checkpoint() == (0, 2, b"asked 1")
+    assert ids == [1, 2] and more == [3]
+
+
 def test_retrains_round_trip(tmp_path):
     with Store.create_or_open(tmp_path, CONFIG) as store:
         first = store.add_retrain(rule="a", source="top1", task="digits", seed=0, epochs=2.5,
@@ -291,8 +306,8 @@ module = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = module
 spec.loader.exec_module(module)
 
-def state(batch):
-    return bytes([batch % 256]) * 4000 + batch.to_bytes(4, "big")
+def state(batch, kind):  # kind: b"A" after asking for batch, b"T" after telling it
+    return kind + bytes([batch % 256]) * 4000 + batch.to_bytes(4, "big")
 
 def finish(store, eval_id):
     store.record(eval_id, status="ok", reward=eval_id / 1000, seconds=0.5,
@@ -304,15 +319,16 @@ for row in store.pending():
 last = max((e.batch for e in store.evaluations()), default=-1)
 checkpoint = store.latest_checkpoint()
 if last >= 0 and (checkpoint is None or checkpoint[0] < last):
-    store.save_checkpoint(last, store.count(), state(last))
+    store.save_checkpoint(last, store.count(), state(last, b"T"))
 print("ready", store.count(), flush=True)
 batch = last + 1
 while True:
-    ids = store.add_proposals(batch, [([batch, j], f"rule {batch}.{j}") for j in range(3)])
+    ids = store.add_proposals(batch, [([batch, j], f"rule {batch}.{j}") for j in range(3)],
+                              checkpoint=(batch - 1, 3 * batch, state(batch, b"A")))
     for eval_id in ids:
         store.mark_started(eval_id, "w", "n")
         finish(store, eval_id)
-    store.save_checkpoint(batch, store.count(), state(batch))
+    store.save_checkpoint(batch, store.count(), state(batch, b"T"))
     batch += 1
 """
 
@@ -336,12 +352,14 @@ def check_killed_run(out: Path) -> tuple[int, set[int]]:
         else:
             assert (r.status, r.reward, r.seconds) == ("ok", r.id / 1000, 0.5)
             assert r.details == {"curve": [r.id] * 20} and r.finished_at is not None
+    # every batch went in with the state that asked for it: the last checkpoint always
+    # knows the last batch, asked (A) or told (T)
+    assert (checkpoint is None) == (not rows)
     if checkpoint is not None:
         batch, told, state = checkpoint
-        assert batch in (last - 1, last) and told == 3 * (batch + 1)
-        assert state == bytes([batch % 256]) * 4000 + batch.to_bytes(4, "big")
-    else:
-        assert last <= 0
+        kind = state[:1]
+        assert (batch, told) == ((last - 1, 3 * last) if kind == b"A" else (last, 3 * last + 3))
+        assert state == kind + bytes([last % 256]) * 4000 + last.to_bytes(4, "big")
     return len(rows), pending
 
 

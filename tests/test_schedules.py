@@ -13,7 +13,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from nos.schedules import from_config, make_scheduler, schedule_names, sgdr_cycle_ends
+from nos.schedules import (
+    check,
+    from_config,
+    make_scheduler,
+    parse_spec,
+    schedule_names,
+    sgdr_cycle_ends,
+)
 
 LR = 0.1
 
@@ -188,9 +195,31 @@ def test_from_config_none_and_no_mutation():
     (lambda: from_config({"T_0": 3}, _sgd(), 10), ["'name'", "sgdr"]),
     (lambda: from_config(3, _sgd(), 10), ["int", "3"]),
     (lambda: sgdr_cycle_ends(0, 2, 10), ["T_0", "0"]),
+    (lambda: make_scheduler("cosine", _sgd(), 10, eta_min="x"), ["eta_min", "number", "'x'"]),
+    (lambda: make_scheduler("sgdr", _sgd(), 10, eta_min=math.nan), ["eta_min", "finite"]),
+    (lambda: make_scheduler("cyclical", _sgd(), 10, mode=3), ["mode", "text", "3"]),
+    (lambda: make_scheduler("cyclical", _sgd(), 10, cycle_momentum=1), ["cycle_momentum"]),
+    (lambda: make_scheduler("step", _sgd(), 10, gamma=True), ["gamma", "True"]),
+    (lambda: check("sgdr:T_0=5,T_x=2"), ["'T_x'", "'sgdr'", "T_mult"]),
+    (lambda: check("sgdr:T_0"), ["'T_0'", "key=value"]),
+    (lambda: check("sgdr:T_0=five"), ["T_0", "'five'"]),
+    (lambda: check("cyclical:max_lr=0.01", lr=0.1), ["max_lr", "0.01"]),
+    (lambda: check("warmup_cosine:warmup=50", total_steps=40), ["warmup", "50"]),
 ])
 def test_errors_name_the_bad_value(call, words):
     with pytest.raises(ValueError) as err:
         call()
     for word in words:
         assert word in str(err.value)
+
+
+def test_the_command_line_form_of_a_schedule():
+    assert parse_spec("cosine") == {"name": "cosine"}
+    assert parse_spec("sgdr:T_0=50,T_mult=2") == {"name": "sgdr", "T_0": 50, "T_mult": 2}
+    assert parse_spec("cyclical:mode=exp_range,gamma=0.99,cycle_momentum=false,") == {
+        "name": "cyclical", "mode": "exp_range", "gamma": 0.99, "cycle_momentum": False}
+    assert check("sgdr:T_0=50,T_mult=2") == {"name": "sgdr", "T_0": 50, "T_mult": 2}
+    assert check({"name": "cosine"}) == {"name": "cosine"} and check(None) is None
+    assert check("cyclical:max_lr=0.01") == {"name": "cyclical", "max_lr": 0.01}  # rate unknown
+    assert lr_sequence(check("sgdr:T_0=4,T_mult=2"), 12) == lr_sequence(
+        {"name": "sgdr", "T_0": 4, "T_mult": 2}, 12)

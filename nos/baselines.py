@@ -4,6 +4,9 @@ Reading this module is reading the list of what nos offers by name.  Each
 rule's formula and reference is in its docstring; ``nos.baselines()``
 returns them all.  The step is always ``w <- w - lr * update``; ``wd`` is
 L2 weight decay added to the gradient unless the docstring says decoupled.
+Adam's family divides by ``(1 - beta2^t)^0.5`` after the square root, in the
+order torch.optim computes it, so that float16 and bfloat16 runs round as
+torch's do.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ param wd = 0 {_POS}
 let d = g + wd * w
 state m = beta1 * m + (1 - beta1) * d
 state v = beta2 * v + (1 - beta2) * d^2
-update = m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps)
+update = m / (1 - beta1^t) / (sqrt(v) / (1 - beta2^t)^0.5 + eps)
 """, """Adam: m, v running averages of g and g^2; update = m_hat / (sqrt(v_hat) + eps)
 with bias-corrected m_hat, v_hat. (Kingma & Ba, 2015; torch.optim.Adam)""")
 
@@ -77,7 +80,7 @@ param eps = 1e-8 {_POS}
 param wd = 0.01 {_POS}
 state m = beta1 * m + (1 - beta1) * g
 state v = beta2 * v + (1 - beta2) * g^2
-update = m / (1 - beta1^t) / (sqrt(v / (1 - beta2^t)) + eps) + wd * w
+update = m / (1 - beta1^t) / (sqrt(v) / (1 - beta2^t)^0.5 + eps) + wd * w
 """, """Adam with decoupled weight decay: update = adam + wd w, the decay applied to the
 weights rather than added to the gradient. (Loshchilov & Hutter, 2019; torch.optim.AdamW)""")
 
@@ -90,7 +93,7 @@ let d = g + wd * w
 state m = beta1 * m + (1 - beta1) * d
 state v = beta2 * v + (1 - beta2) * d^2
 state vmax = max(vmax, v)
-update = m / (1 - beta1^t) / (sqrt(vmax / (1 - beta2^t)) + eps)
+update = m / (1 - beta1^t) / (sqrt(vmax) / (1 - beta2^t)^0.5 + eps)
 """, """AMSGrad: Adam whose denominator uses the running maximum of v.
 (Reddi et al., 2018; torch.optim.Adam(amsgrad=True))""")
 

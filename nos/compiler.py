@@ -361,9 +361,97 @@ class Group:
     grads: list[torch.Tensor]
     buffers: dict[str, list[torch.Tensor]]  # name -> one tensor per parameter
     hyper: dict[str, float]
-    lr: float
+    lr: float | torch.Tensor  # a tensor lr (one element) is never read on the host
     t: int
     total: int | None
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _lr_tensor(lr: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A tensor lr as a 0-d tensor on the parameters' device, in the precision the step
+    computes its scalars in (float64 beside float64 parameters, else float32)."""
+    dtype = torch.promote_types(torch.promote_types(lr.dtype, like.dtype), torch.float32)
+    return lr.to(device=like.device, dtype=dtype).reshape(())
+
+
+def _summed(program: Program, like: torch.Tensor) -> bool:
+    """float16 and bfloat16 parameters take a step of several terms as one sum, rounded
+    once: rounding them after each term would lose what torch (one update) keeps."""
+    return len(program.terms) > 1 and like.dtype in LOW_PRECISION
+
+
+def _scaled(term: Term, args: list, w, alpha: torch.Tensor, foreach: bool):
+    """``alpha * term`` for a 0-d tensor alpha (a tensor lr), as new tensors."""
+    mul = torch._foreach_mul if foreach else torch.mul
+    if term.kind in ("scale", "add"):
+        return mul(w if term.kind == "scale" else args[0], alpha)
+    if term.kind == "addcdiv":
+        out = (torch._foreach_div if foreach else torch.div)(args[0], args[1])
+    else:
+        out = mul(args[0], args[1])
+    if foreach:
+        torch._foreach_mul_(out, alpha)
+        return out
+    return out.mul_(alpha)
+
+
+def _foreach_terms(program: Program, group: Group, env: list) -> None:
+    """The terms of the step when the plain loop of :func:`run_foreach` does not do: a tensor
+    lr (each coefficient a 0-d tensor on the device, never read on the host), or a sum of
+    terms rounded once (:func:`_summed`)."""
+    params = group.params
+    tensor_lr = isinstance(group.lr, torch.Tensor)
+    lr = _lr_tensor(group.lr, params[0]) if tensor_lr else group.lr  # type: ignore[arg-type]
+    summed = _summed(program, params[0])
+    target = [torch.zeros_like(p) for p in params] if summed else params
+    for term in program.terms:
+        c = _coefficient(term, env)
+        alpha = lr * -c if tensor_lr else -lr * c
+        args = [env[a] for a in term.args]
+        if term.kind == "scale" and not summed:
+            torch._foreach_mul_(params, alpha + 1.0)
+        elif term.kind == "scalar":  # the Tensor overload: a 0-d tensor is not a Scalar here
+            (torch.ops.aten._foreach_add_.Tensor if tensor_lr else torch._foreach_add_)(
+                target, alpha)
+        elif tensor_lr:
+            torch._foreach_add_(target, _scaled(term, args, params, alpha, foreach=True))
+        elif term.kind in ("scale", "add"):
+            torch._foreach_add_(target, params if term.kind == "scale" else args[0], alpha=alpha)
+        elif term.kind == "addcdiv":
+            torch._foreach_addcdiv_(target, args[0], args[1], value=alpha)
+        else:
+            torch._foreach_addcmul_(target, args[0], args[1], value=alpha)
+    if summed:
+        torch._foreach_add_(params, target)
+
+
+def _terms(program: Program, p: torch.Tensor, lr: float | torch.Tensor, env: list) -> None:
+    """:func:`_foreach_terms` for one parameter tensor (the same operations)."""
+    tensor_lr = isinstance(lr, torch.Tensor)
+    if tensor_lr:
+        lr = _lr_tensor(lr, p)  # type: ignore[arg-type]
+    summed = _summed(program, p)
+    target = torch.zeros_like(p) if summed else p
+    for term in program.terms:
+        c = _coefficient(term, env)
+        alpha = lr * -c if tensor_lr else -lr * c
+        args = [env[a] for a in term.args]
+        if term.kind == "scale" and not summed:
+            p.mul_(alpha + 1.0)
+        elif term.kind == "scalar":
+            target.add_(alpha)
+        elif tensor_lr:
+            target.add_(_scaled(term, args, p, alpha, foreach=False))  # type: ignore[arg-type]
+        elif term.kind in ("scale", "add"):
+            target.add_(p if term.kind == "scale" else args[0], alpha=alpha)
+        elif term.kind == "addcdiv":
+            target.addcdiv_(args[0], args[1], value=alpha)
+        else:
+            target.addcmul_(args[0], args[1], value=alpha)
+    if summed:
+        p.add_(target)
 
 
 def _inputs(program: Program, env: list, grads, params, buffers) -> None:
@@ -394,7 +482,10 @@ def run_foreach(program: Program, group: Group, generator) -> None:
     for name, slot in program.state_out.items():
         value = env[slot]
         group.buffers[name][:] = [v.clone() for v in value] if name in program.copied else value
-    for term in program.terms:
+    if isinstance(group.lr, torch.Tensor) or _summed(program, group.params[0]):
+        _foreach_terms(program, group, env)
+        return
+    for term in program.terms:  # the plain case: each term folded into the parameters
         alpha = -group.lr * _coefficient(term, env)
         args = [env[a] for a in term.args]
         if term.kind == "scale":
@@ -431,6 +522,9 @@ def run_reference(program: Program, group: Group, generator) -> None:
         for name, slot in program.state_out.items():
             value = env[slot]
             group.buffers[name][i] = value.clone() if name in program.copied else value
+        if isinstance(group.lr, torch.Tensor) or _summed(program, p):
+            _terms(program, p, group.lr, env)
+            continue
         for term in program.terms:
             alpha = -group.lr * _coefficient(term, env)
             args = [env[a] for a in term.args]

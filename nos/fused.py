@@ -3,7 +3,8 @@ per parameter tensor (one pass over memory, as ``torch.optim.Adam(fused=True)``)
 
 The step function is generated from the plain program (no hand fusion: the
 compiler fuses everything itself).  Scalars travel as one float64 tensor so
-that a new step number or learning rate does not trigger a recompilation.
+that a new step number or learning rate does not trigger a recompilation (a tensor
+lr joins that tensor on the device, without a read on the host).
 Random rules are not supported here (their draws come from the optimizer's
 generator); ``nos.Optimizer(..., fused=True)`` refuses them.  The results
 agree with the reference path to rounding, not bit for bit: the generated
@@ -36,8 +37,13 @@ class FusedStep:
     def __call__(self, group: Group) -> None:
         env = _scalars(self.program, group.hyper, group.t, group.total)
         slots = [s for s, kind in enumerate(self.program.kinds) if kind != TENSOR]
-        values = [float(env[s]) for s in slots] + [group.lr]
-        scalars = torch.tensor(values, dtype=torch.float64, device=group.params[0].device)
+        device = group.params[0].device
+        values = [float(env[s]) for s in slots]
+        if isinstance(group.lr, torch.Tensor):  # stays on the device: no host synchronisation
+            scalars = torch.cat([torch.tensor(values, dtype=torch.float64, device=device),
+                                 group.lr.reshape(1).to(device=device, dtype=torch.float64)])
+        else:
+            scalars = torch.tensor(values + [group.lr], dtype=torch.float64, device=device)
         buffers = [group.buffers[name] for name in self.program.buffers]
         start = time.perf_counter()
         self._step(group.params, group.grads, buffers, scalars)

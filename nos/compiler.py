@@ -141,7 +141,8 @@ class _Builder:
         return self.consts.get(slot)
 
     def simplify(self, op: str, args: tuple[int, ...]) -> int | None:
-        """x+0, x-0, x*1, x/1, x^1 are x; x*0 is 0 (a parameter is never inf or nan)."""
+        """x+0, x-0, x*1, x/1, x^1 are x; w*0 is 0 (the parameter is finite, while any other
+        value may be inf or nan, whose product with 0 is nan)."""
         if op == "pow" and self.value(args[1]) == 2.0 and self.kinds[args[0]] == TENSOR:
             return self.emit("mul", (args[0], args[0]))
         if len(args) != 2:
@@ -158,7 +159,7 @@ class _Builder:
             return a
         if op == "mul" and va == 1.0:
             return b
-        if op == "mul" and (va == 0.0 or vb == 0.0):
+        if op == "mul" and (va == 0.0 or vb == 0.0) and self.inputs.get("w") in (a, b):
             return self.const(0.0)
         return None
 

@@ -38,34 +38,43 @@ class FusedStep:
         env = _scalars(self.program, group.hyper, group.t, group.total)
         slots = [s for s, kind in enumerate(self.program.kinds) if kind != TENSOR]
         device = group.params[0].device
-        values = [float(env[s]) for s in slots]
+        values = [float(env[s]) for s in slots] + [1.0]  # the 1 of _step_function
         if isinstance(group.lr, torch.Tensor):  # stays on the device: no host synchronisation
             scalars = torch.cat([torch.tensor(values, dtype=torch.float64, device=device),
                                  group.lr.reshape(1).to(device=device, dtype=torch.float64)])
         else:
             scalars = torch.tensor(values + [group.lr], dtype=torch.float64, device=device)
-        buffers = [group.buffers[name] for name in self.program.buffers]
+        buffers = [[_one_d(b) for b in group.buffers[name]] for name in self.program.buffers]
+        params, grads = [_one_d(p) for p in group.params], [_one_d(g) for g in group.grads]
         start = time.perf_counter()
-        self._step(group.params, group.grads, buffers, scalars)
+        self._step(params, grads, buffers, scalars)
         if self.compile_seconds is None:
             self.compile_seconds = time.perf_counter() - start
+
+
+def _one_d(x: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor as a 1-element view: torch.compile drops in-place writes to 0-d
+    float64 inputs (the parameter and its buffers would never change)."""
+    return x.view(1) if x.dim() == 0 else x
 
 
 def _step_function(program: Program) -> Callable:
     scalar_slots = [s for s, kind in enumerate(program.kinds) if kind != TENSOR]
     index = {s: i for i, s in enumerate(scalar_slots)}
-    lr_index = len(scalar_slots)
+    one_index, lr_index = len(scalar_slots), len(scalar_slots) + 1
     code = [(ins.op, ins.args, ins.out) for ins in program.tensor_code]
     buffer_slots = [program.inputs[name] for name in program.buffers]
     outputs = [(program.buffers.index(name), slot) for name, slot in program.state_out.items()]
     g_slot, w_slot = program.inputs.get("g"), program.inputs.get("w")
     update = program.update
     update_is_tensor = program.kinds[update] == TENSOR
+    inputs = set(program.inputs.values())
 
     def step(params: list, grads: list, buffers: list, scalars: torch.Tensor) -> None:
         for i, p in enumerate(params):
-            dtype = p.dtype
-            env: dict = {s: scalars[k].to(dtype) for s, k in index.items()}
+            # 0-d float64 scalars mix with a tensor of any dtype in its dtype; a .to(dtype)
+            # here made torch.compile read the parameter after its update
+            env: dict = {s: scalars[k] for s, k in index.items()}
             if g_slot is not None:
                 env[g_slot] = grads[i]
             if w_slot is not None:
@@ -77,9 +86,14 @@ def _step_function(program: Program) -> Callable:
                     env[out] = torch.zeros_like(p) + env[args[0]]
                 else:
                     env[out] = OPS[op].tensor(*(env[a] for a in args))
-            step_size = scalars[lr_index].to(dtype)
+            step_size = scalars[lr_index]
             delta = env[update] * step_size
-            new_values = [(b, env[slot]) for b, slot in outputs]
+            # A buffer that takes an input's value as it is (w, g, another buffer's old
+            # value) gets it times a 1 that torch.compile cannot see: a plain copy (or a
+            # clone) was read after the input's own update in the same kernel.
+            one = scalars[one_index]
+            new_values = [(b, env[slot] * one if slot in inputs else env[slot])
+                          for b, slot in outputs]
             for b, value in new_values:
                 buffers[b][i].copy_(value)
             p.sub_(delta if update_is_tensor else torch.zeros_like(p) + delta)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nos.ops import OPS
+from nos.ops import OPS, exponent_tensor, square_root_exponent
 
 F = torch  # short alias for the _foreach_ calls below
 
@@ -90,6 +90,33 @@ def _f_clip_(x, c):
 
 def _t_clip_(x, c):
     return _t_min_(_t_max_(x, torch.neg(c) if isinstance(c, torch.Tensor) else -c), c)
+
+
+def _f_sign_(x):
+    nan = F._foreach_clamp_max(x, -1.0)  # sign(x) <= max(sign(x), nan) keeps a nan of x
+    F._foreach_sign_(x)
+    F._foreach_maximum_(x, nan)
+    return x
+
+
+def _t_sign_(x):
+    nan = torch.clamp_max(x, -1.0)
+    return torch.maximum(x.sign_(), nan, out=x)
+
+
+def _f_pow_(a, b):
+    if square_root_exponent(b):  # as nos.ops: pow, not sqrt or rsqrt
+        for x in a:
+            x.pow_(exponent_tensor(x, b))
+    else:
+        F._foreach_pow_(a, b)
+    return a
+
+
+def _t_pow_(a, b):
+    if square_root_exponent(b):
+        b = exponent_tensor(a, b)
+    return a.pow_(b)
 
 
 # s - x and s / x, written into x (the forms nos.ops uses: -x + s and (1/x) * s)
@@ -173,7 +200,7 @@ KERNELS: dict[str, Kernel] = {
     "mul": Kernel(OPS["mul"].tensor, OPS["mul"].foreach, _t_binary_("mul"), _f_binary_("mul"),
                   commutative=True),
     "div": Kernel(OPS["div"].tensor, OPS["div"].foreach, _t_binary_("div"), _f_binary_("div")),
-    "pow": Kernel(OPS["pow"].tensor, OPS["pow"].foreach, _t_binary_("pow"), _f_binary_("pow")),
+    "pow": Kernel(OPS["pow"].tensor, OPS["pow"].foreach, _t_pow_, _f_pow_),
     "max": Kernel(OPS["max"].tensor, OPS["max"].foreach, _t_max_, _f_max_, commutative=True),
     "min": Kernel(OPS["min"].tensor, OPS["min"].foreach, _t_min_, _f_min_, commutative=True),
     "clip": Kernel(OPS["clip"].tensor, OPS["clip"].foreach, _t_clip_, _f_clip_),
@@ -188,6 +215,7 @@ KERNELS: dict[str, Kernel] = {
                      lambda v, x, z, a, b: v.mul_(a).addcmul_(x, z, value=b), _f_axpbxz_),
     "drop": Kernel(torch.mul, F._foreach_mul, _t_binary_("mul"), _f_binary_("mul")),
 }
-for _name in ("neg", "exp", "log", "sqrt", "abs", "sign"):
+for _name in ("neg", "exp", "log", "sqrt", "abs"):
     KERNELS[_name] = Kernel(OPS[_name].tensor, OPS[_name].foreach, _t_unary_(_name),
                             _f_unary_(_name))
+KERNELS["sign"] = Kernel(OPS["sign"].tensor, OPS["sign"].foreach, _t_sign_, _f_sign_)

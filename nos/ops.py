@@ -97,6 +97,28 @@ def _t_minimum(a, b):
     return torch.clamp_max(*((a, b) if isinstance(a, torch.Tensor) else (b, a)))
 
 
+def _t_sign(x):
+    # torch.sign(nan) is 0: max(sign(x), min(x, -1)) is sign(x), or nan where x is nan
+    return torch.maximum(torch.sign(x), torch.clamp_max(x, -1.0))
+
+
+def square_root_exponent(exponent) -> bool:
+    """torch computes x^0.5 and x^-0.5 as sqrt(x) and rsqrt(x), which differ from pow
+    at -0 and -inf (rsqrt(-0) is -inf, pow(-0, -0.5) is inf; sqrt(-inf) is nan, pow(-inf,
+    0.5) is inf); an exponent given as a tensor takes torch's true pow."""
+    return isinstance(exponent, float) and abs(exponent) == 0.5
+
+
+def exponent_tensor(x: torch.Tensor, exponent: float) -> torch.Tensor:
+    return torch.full((), exponent, dtype=x.dtype, device=x.device)
+
+
+def _t_pow(a, b):
+    if isinstance(a, torch.Tensor) and square_root_exponent(b):
+        b = exponent_tensor(a, b)
+    return torch.pow(a, b)
+
+
 def _t_clip(x, c):
     return _t_minimum(_t_maximum(_neg(c), x), c)
 
@@ -128,6 +150,8 @@ def _f_commutative(fn):
 
 
 def _f_pow(a, b):
+    if square_root_exponent(b):
+        return [_t_pow(x, b) for x in a]
     return torch._foreach_pow(a, b)
 
 
@@ -145,6 +169,12 @@ def _f_minimum(a, b):
 
 def _f_neg(c):
     return torch._foreach_neg(c) if isinstance(c, (list, tuple)) else -c
+
+
+def _f_sign(x):
+    out = torch._foreach_sign(x)
+    torch._foreach_maximum_(out, torch._foreach_clamp_max(x, -1.0))
+    return out
 
 
 def _f_clip(x, c):
@@ -171,7 +201,7 @@ def cosine_decay(n: float, t: float, total: float) -> float:
 
 def restart_decay(n: float, t: float, total: float) -> float:
     s = step_fraction(t, total)
-    return 0.5 * (1.0 + math.cos(math.pi * math.fmod(n * s, total) / total))
+    return 0.5 * (1.0 + math.cos(math.pi * ((n * s) % total) / total))  # mod: floored
 
 
 @dataclass(frozen=True)
@@ -206,7 +236,7 @@ OPS: dict[str, Op] = {
         Op("div", 2, "x / y", "quotient", lambda a, b: rf"\frac{{{a}}}{{{b}}}", _s_div,
            _t_div, _f_div),
         Op("pow", 2, "x ^ y", "power", lambda a, b: f"{{{a}}}^{{{b}}}", _s_pow,
-           torch.pow, _f_pow),
+           _t_pow, _f_pow),
         Op("neg", 1, "-x", "negation", lambda a: f"-{a}", lambda a: -a,
            torch.neg, torch._foreach_neg),
         # functions
@@ -218,8 +248,8 @@ OPS: dict[str, Op] = {
            lambda a: _np(np.sqrt, a), torch.sqrt, torch._foreach_sqrt),
         Op("abs", 1, "abs(x)", "absolute value", lambda a: rf"\left|{a}\right|",
            abs, torch.abs, torch._foreach_abs),
-        Op("sign", 1, "sign(x)", "sign: -1, 0 or 1", _fn("sign"),
-           _s_sign, torch.sign, torch._foreach_sign),
+        Op("sign", 1, "sign(x)", "sign: -1, 0 or 1 (nan for nan)", _fn("sign"),
+           _s_sign, _t_sign, _f_sign),
         Op("clip", 2, "clip(x, c)", "clamp x to [-c, c]", _fn("clip"),
            _s_clip, _t_clip, _f_clip),
         Op("max", 2, "max(x, y)", "element-wise maximum", _fn("max"),
@@ -232,7 +262,8 @@ OPS: dict[str, Op] = {
         Op("cd", 1, "cd(n)", "cyclical decay 0.5 * (1 + cos(2 pi n s / T)), s = t - 1",
            lambda n: rf"\mathrm{{cd}}_{{{n}}}", cosine_decay, constant_args=(0,),
            schedule=True),
-        Op("rd", 1, "rd(n)", "restart decay 0.5 * (1 + cos(pi ((n s) mod T) / T)), s = t - 1",
+        Op("rd", 1, "rd(n)",
+           "restart decay 0.5 * (1 + cos(pi ((n s) mod T) / T)), s = t - 1, mod in [0, T)",
            lambda n: rf"\mathrm{{rd}}_{{{n}}}", restart_decay, constant_args=(0,),
            schedule=True),
     ]

@@ -1,0 +1,188 @@
+"""A deliberately plain interpreter of the nos language, for differential testing.
+
+It shares only the parser with the package (``nos.parse(text).expanded()``
+gives the statements, the prelude definitions written out in front) and
+walks the tree one statement at a time with NumPy, with the meaning the
+README and the ops table's documentation give each construct:
+
+- buffers start at 0 and statements run in order; a name reads its newest
+  value, so a buffer read before its own statement gives last step's value
+  and after it this step's;
+- params take the value given to the optimizer, else their declared default;
+- ``t`` is 1 at the first step, ``T`` the total steps; with
+  ``s = min(max(t - 1, 0), T)``: ``ld = max(0, (T - s) / T)``,
+  ``cd(n) = (1 + cos(2 pi n s / T)) / 2``,
+  ``rd(n) = (1 + cos(pi ((n s) mod T) / T)) / 2``;
+- ``noise`` is N(0, 0.1^2), ``annealed_noise`` N(0, (1 + t)^-0.55), drawn
+  from the interpreter's own generator; ``drop(x, p)`` multiplies x by a
+  mask that is 0 with probability p, scaled by 1 / (1 - p) (0 when p >= 1);
+- every operation is IEEE arithmetic: ``x / 0`` is +-inf or nan,
+  ``(-8)^(1/3)`` is nan, ``sign`` is -1, 0 or 1 (nan for nan), ``max``,
+  ``min`` and ``clip(x, c) = min(max(x, -c), c)`` propagate nan;
+- the step is ``w <- w - lr * update``, with the update read where its
+  statement stands (``w`` itself changes only at the end of the step).
+
+Every value is an array over all the elements being stepped (the language
+is element-wise, so a flat array of several tensors' elements is as good as
+one tensor); a param or the learning rate may differ per element, which is
+how one interpreter serves several parameter groups.
+
+Two knobs exist for the differential test's self-checks, not for the
+language: ``dtype`` (np.float64, or np.longdouble to see how much float64
+rounding moves a result) and ``zeros`` (``"+"`` or ``"-"`` rewrites every
+zero result to +0 or -0, to see whether a result depends on the sign of a
+zero, which the compiler's algebra does not keep: ``x + 0 = x``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from nos.rule import Node, Rule, Statement
+
+Array = np.ndarray
+
+
+def _sign(x: Array) -> Array:
+    return np.where(x > 0, 1.0, np.where(x < 0, -1.0, x * 0.0)).astype(x.dtype)
+
+
+def _clip(x: Array, c: Array) -> Array:
+    return np.minimum(np.maximum(x, -c), c)
+
+
+BINARY: dict[str, Callable[[Array, Array], Array]] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "pow": np.power,
+    "max": np.maximum,
+    "min": np.minimum,
+    "clip": _clip,
+}
+UNARY: dict[str, Callable[[Array], Array]] = {
+    "neg": np.negative,
+    "exp": np.exp,
+    "log": np.log,
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+    "sign": _sign,
+}
+SCHEDULES = ("cd", "rd")
+LANGUAGE = frozenset(BINARY) | frozenset(UNARY) | frozenset(SCHEDULES) | {"drop"}
+
+
+class Interpreter:
+    """Steps a flat float array with a rule; keeps the buffers and the step number."""
+
+    def __init__(
+        self,
+        rule: Rule,
+        size: int,
+        hyper: Mapping[str, Array | float] | None = None,
+        total_steps: int | None = None,
+        *,
+        dtype: type = np.float64,
+        zeros: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.statements: tuple[Statement, ...] = rule.expanded().statements
+        self.size = size
+        self.dtype = dtype
+        self.zeros = zeros
+        self.total = total_steps
+        self.rng = np.random.default_rng(seed)
+        given = dict(hyper or {})
+        self.params = {s.name: self.full(given.get(s.name, s.default))
+                       for s in self.statements if s.kind == "param"}
+        self.buffers = {s.name: self.full(0.0) for s in self.statements if s.kind == "state"}
+        self.t = 0
+
+    def full(self, value: Array | float) -> Array:
+        return np.broadcast_to(np.asarray(value, dtype=self.dtype), (self.size,)).copy()
+
+    def step(self, w: Array, g: Array, lr: Array | float) -> Array:
+        """The new parameter values after one step with gradient g."""
+        self.t += 1
+        env: dict[str, Array] = {"w": self.full(w), "g": self.full(g)}
+        update = None
+        with np.errstate(all="ignore"):
+            for s in self.statements:
+                if s.kind == "param":
+                    continue
+                value = self.full(self.eval(s.expr, env))  # type: ignore[arg-type]
+                if s.kind == "state":
+                    self.buffers[s.name] = value
+                elif s.kind == "let":
+                    env[s.name] = value
+                else:
+                    update = value
+            assert update is not None, "a rule has an update"
+            return self.zero(env["w"] - self.full(lr) * update)
+
+    # --- expressions -------------------------------------------------------------
+
+    def eval(self, node: Node, env: dict[str, Array]) -> Array:
+        if node.op == "num":
+            return self.full(float(node.value))  # type: ignore[arg-type]
+        if node.op == "name":
+            return self.name(str(node.value), env)
+        if node.op in SCHEDULES:
+            return self.zero(self.schedule(node.op, self.eval(node.args[0], env)))
+        if node.op == "drop":
+            return self.zero(self.drop(*(self.eval(a, env) for a in node.args)))
+        if node.op in UNARY:
+            return self.zero(UNARY[node.op](self.eval(node.args[0], env)))
+        if node.op in BINARY:
+            left, right = (self.eval(a, env) for a in node.args)
+            return self.zero(BINARY[node.op](left, right))
+        raise ValueError(f"the interpreter does not know {node.op!r}")
+
+    def name(self, word: str, env: dict[str, Array]) -> Array:
+        if word in env:
+            return env[word]
+        if word in self.buffers:
+            return self.buffers[word]
+        if word in self.params:
+            return self.params[word]
+        if word == "t":
+            return self.full(float(self.t))
+        if word == "T":
+            return self.full(float(self.total_steps()))
+        if word == "ld":
+            total = self.total_steps()
+            return self.full(max(0.0, (total - self.elapsed()) / total))
+        if word == "noise":
+            return self.full(self.rng.normal(0.0, 0.1, self.size))
+        if word == "annealed_noise":
+            return self.full(self.rng.normal(0.0, (1.0 + self.t) ** -0.275, self.size))
+        raise KeyError(f"unknown name {word!r}")
+
+    def total_steps(self) -> int:
+        assert self.total is not None, "the rule reads T: give total_steps"
+        return self.total
+
+    def elapsed(self) -> float:
+        """s: 0 at the first step, clamped to T."""
+        return float(min(max(self.t - 1, 0), self.total_steps()))
+
+    def schedule(self, op: str, n: Array) -> Array:
+        total, s = self.total_steps(), self.elapsed()
+        if op == "cd":
+            return 0.5 * (1.0 + np.cos(2.0 * np.pi * n * s / total))
+        return 0.5 * (1.0 + np.cos(np.pi * np.mod(n * s, total) / total))
+
+    def drop(self, x: Array, p: Array) -> Array:
+        keep = self.rng.random(self.size) >= p
+        scale = np.where(p < 1, 1.0 / (1.0 - p), 0.0)
+        return x * (keep * scale).astype(self.dtype)
+
+    def zero(self, x: Array) -> Array:
+        """Every zero as +0 or -0 when asked (a self-check; the language leaves it open)."""
+        if self.zeros is None:
+            return x
+        signed = np.asarray(0.0 if self.zeros == "+" else -0.0, dtype=self.dtype)
+        return np.where(x == 0, signed, x)

@@ -11,7 +11,9 @@ A config file has these tables (every key optional; defaults below):
 
 The ``[evaluation]`` values are checked by ``nos.settings`` (as ``nos.evaluate``
 and ``nos eval`` check them); ``schedule`` is a name, ``"NAME:key=value,..."`` or
-a table (``{name = "sgdr", T_0 = 50}``).  Errors name the file and the key (``experiments/x.toml: [search] budget must be
+a table (``{name = "sgdr", T_0 = 50}``).
+
+Errors name the file and the key (``experiments/x.toml: [search] budget must be
 an integer, got 'ten'``).  ``identity()`` is the part that defines a run: a
 results directory refuses a config whose identity differs; the number of
 workers and the cluster address may change between a run and its resume.

@@ -372,9 +372,11 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 def _lr_tensor(lr: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A tensor lr as a 0-d tensor on the parameters' device, in the precision the step
-    computes its scalars in (float64 beside float64 parameters, else float32)."""
+    computes its scalars in (float64 beside float64 parameters, else float32).  A copy to
+    an accelerator does not wait for it (as torch.optim's fused paths copy a tensor lr)."""
     dtype = torch.promote_types(torch.promote_types(lr.dtype, like.dtype), torch.float32)
-    return lr.to(device=like.device, dtype=dtype).reshape(())
+    return lr.to(device=like.device, dtype=dtype,
+                 non_blocking=like.device.type != "cpu").reshape(())
 
 
 def _summed(program: Program, like: torch.Tensor) -> bool:

@@ -40,8 +40,9 @@ class FusedStep:
         device = group.params[0].device
         values = [float(env[s]) for s in slots] + [1.0]  # the 1 of _step_function
         if isinstance(group.lr, torch.Tensor):  # stays on the device: no host synchronisation
-            scalars = torch.cat([torch.tensor(values, dtype=torch.float64, device=device),
-                                 group.lr.reshape(1).to(device=device, dtype=torch.float64)])
+            to = {"device": device, "dtype": torch.float64, "non_blocking": device.type != "cpu"}
+            scalars = torch.cat([torch.tensor(values, dtype=torch.float64).to(**to),
+                                 group.lr.reshape(1).to(**to)])
         else:
             scalars = torch.tensor(values + [group.lr], dtype=torch.float64, device=device)
         buffers = [[_one_d(b) for b in group.buffers[name]] for name in self.program.buffers]

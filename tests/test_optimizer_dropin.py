@@ -283,8 +283,9 @@ def test_low_precision_steps_are_as_accurate_as_torchs(name, cls, torch_kwargs, 
     """Against a float64 run from the same start, nos in float16/bfloat16 strays no further
     than torch does (a step of several terms is summed, then rounded once)."""
     if dtype == torch.float16 and name in ("adam", "adamw", "rmsprop", "adagrad"):
-        torch_kwargs = {**torch_kwargs, "eps": 1e-4}  # 1e-8 is 0 in float16, for torch too
-        hyper = {**hyper, "eps": 1e-4}
+        # 1e-8 is 0 in float16, where (1 - beta2) g^2 underflows too: a larger eps for both
+        torch_kwargs = {**torch_kwargs, "eps": 1e-3}
+        hyper = {**hyper, "eps": 1e-3}
     errors = {"torch": 0.0, "nos": 0.0}
     for seed in range(3):
         truth = low_net(torch.float64, seed)

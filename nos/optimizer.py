@@ -112,11 +112,7 @@ class Optimizer(torch.optim.Optimizer):
         **hyper: float | tuple[float, ...],
     ) -> None:
         self.rule, baseline_lr = resolve(rule)
-        self.program: Program = compile_rule(self.rule)
-        self._programs: dict[frozenset[str], Program] = {}
-        self._declared = _param_statements(self.rule)
-        # torch's betas tuple: beta1, then beta2 if the rule has it
-        self._betas = BETAS[:1 + ("beta2" in self._declared)] if "beta1" in self._declared else ()
+        self._compile()
         if lr is None:
             lr = baseline_lr if baseline_lr is not None else DEFAULT_LR
         if self.program.needs_total_steps and total_steps is None:
@@ -131,9 +127,7 @@ class Optimizer(torch.optim.Optimizer):
         self.fused = fused
         if fused and self.program.random:
             raise ValueError("fused=True does not support random rules (noise, drop)")
-        self._fused: dict[frozenset[str], Any] = {}
         self.seed = seed
-        self._generators: dict[torch.device, torch.Generator] = {}
         self._saved_generators: dict[str, torch.Tensor] = {}  # loaded, not yet used
         defaults: dict[str, Any] = {"lr": lr}
         defaults.update({name: s.default for name, s in self._declared.items()})
@@ -143,6 +137,16 @@ class Optimizer(torch.optim.Optimizer):
         if self._betas:
             defaults["betas"] = tuple(defaults[name] for name in self._betas)
         super().__init__(params, defaults)
+
+    def _compile(self) -> None:
+        """What the rule makes: its program, declared params, and the caches of a run."""
+        self.program: Program = compile_rule(self.rule)
+        self._programs: dict[frozenset[str], Program] = {}
+        self._fused: dict[frozenset[str], Any] = {}
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._declared = _param_statements(self.rule)
+        # torch's betas tuple: beta1, then beta2 if the rule has it
+        self._betas = BETAS[:1 + ("beta2" in self._declared)] if "beta1" in self._declared else ()
 
     def _check_keys(self, group: dict) -> None:
         allowed = {"params", "lr", "initial_lr", *self._declared}
@@ -206,9 +210,24 @@ class Optimizer(torch.optim.Optimizer):
         self.param_groups[-1] = self._group(self.param_groups[-1])
         self._check_values(self.param_groups[-1])
 
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's picklable state, with the rule and settings (compiled again on load)."""
+        state = super().__getstate__()
+        state.update({name: getattr(self, name)
+                      for name in ("rule", "total_steps", "foreach", "fused", "seed")})
+        state["_saved_generators"] = self._generator_states()
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
+        if "program" not in self.__dict__:  # unpickled, not load_state_dict
+            self._compile()
         self.param_groups = [self._group(group) for group in self.param_groups]
+
+    def _generator_states(self) -> dict[str, torch.Tensor]:
+        states = dict(self._saved_generators)
+        states.update({str(d): g.get_state() for d, g in self._generators.items()})
+        return states
 
     def state_dict(self) -> dict[str, Any]:
         """torch's state dict; with a seed, also the generators' states (``"generators"``).
@@ -218,9 +237,7 @@ class Optimizer(torch.optim.Optimizer):
         """
         state = super().state_dict()
         if self.seed is not None:
-            states = dict(self._saved_generators)
-            states.update({str(d): g.get_state() for d, g in self._generators.items()})
-            state[GENERATORS] = {"seed": self.seed, "states": states}
+            state[GENERATORS] = {"seed": self.seed, "states": self._generator_states()}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -92,6 +92,23 @@ def test_generators_are_saved_only_with_a_seed_and_load_into_a_rule_without_draw
         assert torch.equal(again.state_dict()["generators"]["states"][name], value)
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_an_optimizer_copied_mid_run_continues_as_the_original(how):
+    import copy
+    import pickle
+
+    model = make_net()
+    opt = nos.Optimizer(model.parameters(), "drop(adam, 0.5) * exp(noise)", lr=1e-2, seed=7)
+    steps(model, opt, 0, 5)
+    pair = (copy.deepcopy((model, opt)) if how == "deepcopy" else
+            pickle.loads(pickle.dumps((model, opt))))
+    steps(model, opt, 5, 10)
+    steps(*pair, 5, 10)
+    assert torch.equal(flat(model), flat(pair[0]))
+    pair[1].param_groups[0]["betas"] = (0.5, 0.9)
+    assert pair[1].param_groups[0]["beta1"] == 0.5
+
+
 # --- 2. a step the optimizer cannot take changes nothing ------------------------------
 
 @pytest.mark.parametrize("kind", ["sparse", "complex"])

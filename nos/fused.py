@@ -32,7 +32,12 @@ class FusedStep:
             raise ValueError("fused=True does not support random rules (noise, drop); "
                              "use the default path")
         self.compile_seconds: float | None = None
-        self._step = torch.compile(_step_function(self.program), dynamic=False)
+        step = _step_function(self.program)
+        # torch.compile keeps a function's compiled graphs on its code object and stops
+        # compiling it after torch._dynamo.config.recompile_limit (8) graphs: with one code
+        # object shared by every rule, the ninth rule on ran uncompiled.  One per rule:
+        step.__code__ = step.__code__.replace()
+        self._step = torch.compile(step, dynamic=False)
 
     def __call__(self, group: Group) -> None:
         env = _scalars(self.program, group.hyper, group.t, group.total)

@@ -4,12 +4,13 @@ Run in order by :func:`optimize_program`:
 
 1. fold the update into the parameter step: ``update = m/c / d`` becomes one
    ``params.addcdiv_(m, d, value=-lr/c)``; sums split into several terms;
-2. fuse ``a*x + b*y`` (``axpby``, a ``lerp`` when ``a + b = 1``), ``x + b*y``
-   (``axpy``) and ``a*v + b*x*z`` (``axpbxz``, an ``addcmul``);
+2. fuse ``a*x + b*y`` (``axpby``; not a ``lerp``, which turns infinities into
+   nan), ``x + b*y`` (``axpy``) and ``a*v + b*x*z`` (``axpbxz``, an ``addcmul``);
 3. drop instructions nothing reads;
 4. compute in place: an instruction overwrites its first operand when that is
    a temporary nothing reads afterwards, or the old value of a buffer that the
-   instruction's result replaces.
+   instruction's result replaces (not when an in-place form of several passes
+   would read that operand again as another argument).
 
 Each pass keeps the program's meaning; the roundings may differ from the
 plain program's (as torch.optim's fused forms differ from the formulas), and
@@ -199,7 +200,8 @@ class _Passes:
                 code.append(ins)
                 continue
             args = ins.args
-            if free(args[0], index, ins.out):
+            aliased = kernel.several_passes and args[0] in args[1:]
+            if free(args[0], index, ins.out) and not aliased:
                 code.append(replace(ins, inplace=True))
             elif len(args) == 2 and free(args[1], index, ins.out) and args[0] != args[1]:
                 if kernel.commutative:

@@ -2,8 +2,9 @@
 
 :mod:`nos.ops` says what each operation means.  This table adds what the
 compiler needs to make a rule as fast as a hand-written optimizer: the fused
-instructions it forms (``axpby`` is ``a*x + b*y``, computed as one ``lerp`` or
-two passes instead of three) and an in-place form of every instruction, used
+instructions it forms (``axpby`` is ``a*x + b*y``, computed in two passes instead
+of three; not as torch's ``lerp``, even when ``a + b = 1``: ``lerp`` gives nan
+where x or y is infinite) and an in-place form of every instruction, used
 when the first operand is a temporary (or a buffer being replaced) that
 nothing reads afterwards.  Each kernel has a per-tensor form (the reference
 executor) and a multi-tensor form (``torch._foreach_*``); both give
@@ -33,6 +34,9 @@ class Kernel:
     tensor_: Callable | None = None  # per tensor, writes into the first argument
     foreach_: Callable | None = None  # over lists, writes into the first argument
     commutative: bool = False
+    # The in-place form makes several passes (clip: max then min; axpby: mul then add), so
+    # it is wrong when another operand is the first one: clip(x, x) would clip x to |x|.
+    several_passes: bool = False
 
 
 # --- in-place forms of the base operations ----------------------------------------
@@ -143,33 +147,24 @@ def _t_rdiv_(x, s):
 # --- fused instructions ------------------------------------------------------------
 
 
-def _lerp_ok(a: float, b: float) -> bool:
-    return a + b == 1.0
-
-
 def _f_axpby(x, y, a, b):
-    if _lerp_ok(a, b):
-        return F._foreach_lerp(x, y, b)
     out = F._foreach_mul(x, a)
     F._foreach_add_(out, y, alpha=b)
     return out
 
 
 def _f_axpby_(x, y, a, b):
-    if _lerp_ok(a, b):
-        F._foreach_lerp_(x, y, b)
-    else:
-        F._foreach_mul_(x, a)
-        F._foreach_add_(x, y, alpha=b)
+    F._foreach_mul_(x, a)
+    F._foreach_add_(x, y, alpha=b)
     return x
 
 
 def _t_axpby(x, y, a, b):
-    return torch.lerp(x, y, b) if _lerp_ok(a, b) else torch.mul(x, a).add_(y, alpha=b)
+    return torch.mul(x, a).add_(y, alpha=b)
 
 
 def _t_axpby_(x, y, a, b):
-    return x.lerp_(y, b) if _lerp_ok(a, b) else x.mul_(a).add_(y, alpha=b)
+    return x.mul_(a).add_(y, alpha=b)
 
 
 def _f_axpy(x, y, b):
@@ -203,16 +198,18 @@ KERNELS: dict[str, Kernel] = {
     "pow": Kernel(OPS["pow"].tensor, OPS["pow"].foreach, _t_pow_, _f_pow_),
     "max": Kernel(OPS["max"].tensor, OPS["max"].foreach, _t_max_, _f_max_, commutative=True),
     "min": Kernel(OPS["min"].tensor, OPS["min"].foreach, _t_min_, _f_min_, commutative=True),
-    "clip": Kernel(OPS["clip"].tensor, OPS["clip"].foreach, _t_clip_, _f_clip_),
+    "clip": Kernel(OPS["clip"].tensor, OPS["clip"].foreach, _t_clip_, _f_clip_,
+                   several_passes=True),
     "rsub": Kernel(lambda x, s: OPS["sub"].tensor(s, x), lambda x, s: OPS["sub"].foreach(s, x),
                    _t_rsub_, _f_rsub_),
     "rdiv": Kernel(lambda x, s: OPS["div"].tensor(s, x), lambda x, s: OPS["div"].foreach(s, x),
                    _t_rdiv_, _f_rdiv_),
-    "axpby": Kernel(_t_axpby, _f_axpby, _t_axpby_, _f_axpby_),
+    "axpby": Kernel(_t_axpby, _f_axpby, _t_axpby_, _f_axpby_, several_passes=True),
     "axpy": Kernel(lambda x, y, b: torch.add(x, y, alpha=b), _f_axpy,
                    lambda x, y, b: x.add_(y, alpha=b), _f_axpy_),
     "axpbxz": Kernel(lambda v, x, z, a, b: torch.mul(v, a).addcmul_(x, z, value=b), _f_axpbxz,
-                     lambda v, x, z, a, b: v.mul_(a).addcmul_(x, z, value=b), _f_axpbxz_),
+                     lambda v, x, z, a, b: v.mul_(a).addcmul_(x, z, value=b), _f_axpbxz_,
+                     several_passes=True),
     "drop": Kernel(torch.mul, F._foreach_mul, _t_binary_("mul"), _f_binary_("mul")),
 }
 for _name in ("neg", "exp", "log", "sqrt", "abs"):

@@ -27,11 +27,16 @@ is element-wise, so a flat array of several tensors' elements is as good as
 one tensor); a param or the learning rate may differ per element, which is
 how one interpreter serves several parameter groups.
 
-Two knobs exist for the differential test's self-checks, not for the
-language: ``dtype`` (np.float64, or np.longdouble to see how much float64
-rounding moves a result) and ``zeros`` (``"+"`` or ``"-"`` rewrites every
-zero result to +0 or -0, to see whether a result depends on the sign of a
-zero, which the compiler's algebra does not keep: ``x + 0 = x``).
+``step_size`` after each step is ``|lr|`` times the magnitude of the update's
+additive parts (``|a| + |b|`` for ``a - b``, through sums, negations and
+products): executors may apply the parts of a sum as separate steps on the
+parameter, each rounded at its own size, so the differential test allows
+rounding errors of that size.  Two knobs exist for the test's self-checks, not
+for the language: ``dtype`` (np.float64, or np.longdouble to see how much float64
+rounding moves a result) and ``zeros`` (``"+"``, ``"-"`` or ``"random"``
+rewrites every zero result to +0, to -0, or to either at random, to see
+whether a result depends on the sign of a zero, which neither the compiler's
+algebra (``x + 0 = x``) nor torch's ``max(0, -0)`` keeps as IEEE would).
 """
 
 from __future__ import annotations
@@ -95,14 +100,19 @@ class Interpreter:
         self.zeros = zeros
         self.total = total_steps
         self.rng = np.random.default_rng(seed)
+        self.zero_signs = np.random.default_rng(seed + 1)
         given = dict(hyper or {})
         self.params = {s.name: self.full(given.get(s.name, s.default))
                        for s in self.statements if s.kind == "param"}
         self.buffers = {s.name: self.full(0.0) for s in self.statements if s.kind == "state"}
         self.t = 0
+        self.step_size = self.full(0.0)
 
     def full(self, value: Array | float) -> Array:
-        return np.broadcast_to(np.asarray(value, dtype=self.dtype), (self.size,)).copy()
+        """An array of the elements' size and dtype (values are never changed in place)."""
+        if isinstance(value, np.ndarray) and value.shape == (self.size,):
+            return value if value.dtype == self.dtype else value.astype(self.dtype)
+        return np.full(self.size, value, dtype=self.dtype)
 
     def step(self, w: Array, g: Array, lr: Array | float) -> Array:
         """The new parameter values after one step with gradient g."""
@@ -120,6 +130,7 @@ class Interpreter:
                     env[s.name] = value
                 else:
                     update = value
+                    self.step_size = np.abs(self.full(lr)) * self.parts(s.expr, env)
             assert update is not None, "a rule has an update"
             return self.zero(env["w"] - self.full(lr) * update)
 
@@ -140,6 +151,18 @@ class Interpreter:
             left, right = (self.eval(a, env) for a in node.args)
             return self.zero(BINARY[node.op](left, right))
         raise ValueError(f"the interpreter does not know {node.op!r}")
+
+    def parts(self, node: Node, env: dict[str, Array]) -> Array:
+        """The sum of the magnitudes of an expression's additive parts (an upper bound)."""
+        if node.op in ("add", "sub"):
+            return self.parts(node.args[0], env) + self.parts(node.args[1], env)
+        if node.op == "neg":
+            return self.parts(node.args[0], env)
+        if node.op == "mul":
+            return self.parts(node.args[0], env) * self.parts(node.args[1], env)
+        if node.op == "div":
+            return self.parts(node.args[0], env) / np.abs(self.eval(node.args[1], env))
+        return np.abs(self.eval(node, env))
 
     def name(self, word: str, env: dict[str, Array]) -> Array:
         if word in env:
@@ -181,8 +204,12 @@ class Interpreter:
         return x * (keep * scale).astype(self.dtype)
 
     def zero(self, x: Array) -> Array:
-        """Every zero as +0 or -0 when asked (a self-check; the language leaves it open)."""
+        """Every zero as +0, -0 or either when asked (a self-check; the language leaves the
+        sign of a zero open)."""
         if self.zeros is None:
             return x
-        signed = np.asarray(0.0 if self.zeros == "+" else -0.0, dtype=self.dtype)
-        return np.where(x == 0, signed, x)
+        if self.zeros == "random":
+            signed = np.where(self.zero_signs.random(x.shape) < 0.5, 0.0, -0.0)
+        else:
+            signed = np.asarray(0.0 if self.zeros == "+" else -0.0)
+        return np.where(x == 0, signed.astype(self.dtype), x)

@@ -25,8 +25,8 @@ import time
 
 import torch
 
-from nos.evaluation import evaluate
-from nos.tasks import get_task
+from nos.train.evaluation import evaluate
+from nos.train.tasks import get_task
 
 
 def plain_loop(task, data, epochs: float, lr: float, seed: int, batch_size: int,
@@ -71,10 +71,10 @@ def main() -> None:
                         help="compile rules without the optimisation passes (the 'before')")
     args = parser.parse_args()
     if args.plain_compiler:
-        import nos.optimizer
-        from nos.compiler import compile_rule
+        import nos.optim.optimizer
+        from nos.compile.compiler import compile_rule
 
-        nos.optimizer.compile_rule = (
+        nos.optim.optimizer.compile_rule = (
             lambda rule, zeros=frozenset(): compile_rule(rule, zeros, optimize=False))
     torch.set_num_threads(args.threads)
     task = get_task(args.task)

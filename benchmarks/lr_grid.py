@@ -4,7 +4,7 @@
 
 Prints the time of one short run at a single learning rate, of the 5-point grid
 trained one rate at a time, and of the same grid trained as one vmap-ed model
-(nos.grid), as ratios to the single run, measured in one run of this script,
+(nos.train.grid), as ratios to the single run, measured in one run of this script,
 and whether both ways pick the same rate.
 """
 
@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from nos.evaluation import DEFAULT_LR_GRID, EvalResult, _search_lr, _train
-from nos.optimizer import resolve
-from nos.tasks import get_task
+from nos.train.evaluation import DEFAULT_LR_GRID, EvalResult, _search_lr, _train
+from nos.optim.optimizer import resolve
+from nos.train.tasks import get_task
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """The interface every controller shares, and the registry of controllers.
 
-A controller proposes token lists of a :class:`~nos.space.Space` (``ask``) and
+A controller proposes token lists of a :class:`~nos.search.space.Space` (``ask``) and
 learns from the rewards their rules earned (``tell``).  ``ask`` may be called
 several times before the matching ``tell``: the search is asynchronous, and
 proposals are told back in whatever order their evaluations finish.
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from nos.space import Space
+from nos.search.space import Space
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Controller(abc.ABC):
 
     def __init__(self, space: Space, seed: int = 0, **settings: Any):
         if not isinstance(space, Space):
-            raise TypeError(f"space must be a nos.space.Space, got {type(space).__name__}")
+            raise TypeError(f"space must be a nos.search.space.Space, got {type(space).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"{self.name}: seed must be an integer, got {seed!r}")
         self.space = space

@@ -26,7 +26,7 @@ rule: ``nos.parse(str(child)) == child`` and it compiles.
 
 As in AutoML-Zero and the Lion search, no training is spent on a child that
 behaves like its parent: the child is mutated again until its functional
-fingerprint (:mod:`nos.fingerprint`) differs from the parent's and its probe
+fingerprint (:mod:`nos.search.fingerprint`) differs from the parent's and its probe
 is neither invalid nor degenerate, up to ``max_tries`` times.
 
 Selection is regularized evolution (Real et al. 2019, *Regularized Evolution
@@ -51,13 +51,13 @@ from typing import Any
 
 import numpy as np
 
-from nos.baselines import baselines
-from nos.compiler import RuleCompileError, compile_rule
-from nos.fingerprint import Fingerprint, fingerprint
-from nos.ops import FUNCTIONS, OPS
-from nos.parser import RuleSyntaxError, parse, prelude_text
-from nos.rule import PRIMITIVES, Bounds, Node, Rule, Statement, name, num
-from nos.space import Space
+from nos.optim.baselines import baselines
+from nos.compile.compiler import RuleCompileError, compile_rule
+from nos.search.fingerprint import Fingerprint, fingerprint
+from nos.lang.ops import FUNCTIONS, OPS
+from nos.lang.parser import RuleSyntaxError, parse, prelude_text
+from nos.lang.rule import PRIMITIVES, Bounds, Node, Rule, Statement, name, num
+from nos.search.space import Space
 
 from .base import Controller, Proposal, check_number
 

@@ -18,8 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 from nos.controllers import make_controller
-from nos.fingerprint import fingerprint
-from nos.space import Space, SpaceConfig
+from nos.search.fingerprint import fingerprint
+from nos.search.space import Space, SpaceConfig
 
 HERE = Path(__file__).resolve().parent
 

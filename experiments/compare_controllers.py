@@ -17,10 +17,10 @@ import statistics
 import time
 from pathlib import Path
 
-from nos import config as cfg
-from nos.search import Search
-from nos.store import Store
-from nos.workers import start_ray
+from nos.search import config as cfg
+from nos.search.driver import Search
+from nos.search.store import Store
+from nos.search.workers import start_ray
 
 HERE = Path(__file__).resolve().parent
 

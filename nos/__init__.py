@@ -4,12 +4,12 @@ Update rules are written in a small language, compiled into torch
 optimizers, and searched for by controllers whose child trainings run on Ray.
 """
 
-from nos.baselines import Baseline, baselines
-from nos.compiler import RuleCompileError, compile_rule
-from nos.evaluation import EvalResult, evaluate
-from nos.optimizer import Optimizer
-from nos.parser import RuleSyntaxError, parse
-from nos.rule import Rule
+from nos.optim.baselines import Baseline, baselines
+from nos.compile.compiler import RuleCompileError, compile_rule
+from nos.train.evaluation import EvalResult, evaluate
+from nos.optim.optimizer import Optimizer
+from nos.lang.parser import RuleSyntaxError, parse
+from nos.lang.rule import Rule
 
 __version__ = "0.1.0"
 

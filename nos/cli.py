@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from nos.parser import RuleSyntaxError, read_rule_source
-from nos.rule import Rule
+from nos.lang.parser import RuleSyntaxError, read_rule_source
+from nos.lang.rule import Rule
 
 USAGE_ERROR = 2
 
@@ -25,8 +25,8 @@ class UsageError(Exception):
 
 def resolve_rule(source: str) -> Rule:
     """Rule text, a file path, '-' for stdin, or a baseline's name."""
-    from nos.baselines import BASELINES
-    from nos.optimizer import resolve
+    from nos.optim.baselines import BASELINES
+    from nos.optim.optimizer import resolve
 
     try:
         text = source if source in BASELINES else read_rule_source(source)
@@ -100,8 +100,8 @@ FLAGS = {"epochs": "--epochs", "lr": "--lr", "lr_grid": "--lr-grid",
 
 
 def evaluation_settings(args: argparse.Namespace) -> dict:
-    """The evaluation settings given on the command line, checked (nos.settings)."""
-    from nos.settings import SettingError, check_evaluation
+    """The evaluation settings given on the command line, checked (nos.train.settings)."""
+    from nos.train.settings import SettingError, check_evaluation
 
     given = {key: getattr(args, key) for key in FLAGS if hasattr(args, key)}
     try:
@@ -137,7 +137,7 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from nos.evaluation import evaluate
+    from nos.train.evaluation import evaluate
 
     settings = evaluation_settings(args)
     rule = resolve_rule(args.rule)
@@ -182,9 +182,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
-    from nos.baselines import BASELINES
-    from nos.evaluation import evaluate
-    from nos.report import mean_spread, plot_curves, table
+    from nos.optim.baselines import BASELINES
+    from nos.train.evaluation import evaluate
+    from nos.report.tables import mean_spread, plot_curves, table
 
     settings = evaluation_settings(args)
     names = args.names.split(",") if args.names else list(BASELINES)
@@ -245,9 +245,9 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
 
 def search_config(args: argparse.Namespace) -> dict:
     """The config file (or the defaults) with the command line's overrides, validated."""
-    from nos import config as cfg
+    from nos.search import config as cfg
     from nos.controllers import controller_names
-    from nos.tasks import task_names
+    from nos.train.tasks import task_names
 
     config = cfg.load(args.config) if args.config else cfg.validate({}, "defaults")
     for table, key, value in (("search", "controller", args.controller),
@@ -265,8 +265,8 @@ def search_config(args: argparse.Namespace) -> dict:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nos.report import table
-    from nos.search import Search
+    from nos.report.tables import table
+    from nos.search.driver import Search
 
     config = search_config(args)
     summary = Search(config, args.out, address=args.address, dashboard=args.dashboard,
@@ -309,8 +309,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
-    from nos import inspect
-    from nos.store import Store
+    from nos.report import summary as inspect
+    from nos.search.store import Store
 
     evaluation_settings(argparse.Namespace(epochs=args.epochs))  # --retrain's budget
     for path in (args.plot, args.retrain_plot):
@@ -385,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _one_line(err: Exception) -> str:
-    from nos.settings import SettingError
+    from nos.train.settings import SettingError
 
     if isinstance(err, SettingError) and err.key in FLAGS:  # found once the data was loaded
         return err.named(FLAGS[err.key])

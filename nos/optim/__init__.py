@@ -1,0 +1,2 @@
+"""The torch side: :class:`~nos.optim.optimizer.Optimizer`, the named rules, and the
+learning-rate schedules."""

@@ -1,0 +1,89 @@
+"""Ray workers that evaluate rule after rule, and starting Ray itself.
+
+A worker is an actor: it loads its task's data once, then evaluates each rule
+it is sent.  One evaluation's resources (``num_cpus``, ``num_gpus``, fractions
+allowed so several small children share a GPU) come from the config.  A
+worker that dies is replaced by the driver, which decides whether to try its
+evaluation again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+# Before ray is imported: a local instance binds 127.0.0.1, not the machine's address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+import ray  # noqa: E402
+
+
+def start_ray(address: str | None, num_cpus: float, num_gpus: float | None = None,
+              dashboard: bool = False) -> bool:
+    """Join ``address`` or start a local Ray on loopback; True if this call started it."""
+    if ray.is_initialized():
+        return False
+    common = {"configure_logging": True, "logging_level": "warning", "log_to_driver": False}
+    if address:
+        ray.init(address=address, **common)
+        return True
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"num_cpus": max(1, int(round(num_cpus)))}
+    if num_gpus:
+        kwargs["num_gpus"] = num_gpus
+    ray.init(address="local", include_dashboard=dashboard, _node_ip_address="127.0.0.1",
+             **kwargs, **common)
+    return True
+
+
+@ray.remote(max_restarts=0, max_task_retries=0)
+class EvalWorker:
+    """Evaluates rules on one task; the data is loaded once, when the actor starts."""
+
+    def __init__(self, task: str, task_options: dict, evaluation: dict, threads: int) -> None:
+        import torch
+
+        from nos.train.tasks import default_device, get_task
+
+        torch.set_num_threads(max(1, threads))
+        self.task = get_task(task, **task_options)
+        self.task.load(default_device())
+        self.evaluation = evaluation
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def where(self) -> tuple[str, str]:
+        return self.name, self.node
+
+    def evaluate(self, eval_id: int, rule: str, seed: int) -> dict:
+        from nos.search import faults
+        from nos.train.evaluation import evaluate
+
+        faults.check("worker.evaluate", rule)
+        faults.hang("worker.hang", rule)
+        faults.fail("worker.raise", rule)
+        started = time.time()
+        result = evaluate(rule, self.task, seed=seed, **self.evaluation)
+        out = result.to_dict()
+        out.update(eval_id=eval_id, worker=self.name, node=self.node, started=started,
+                   finished=time.time())
+        return out
+
+
+def evaluation_kwargs(config: dict) -> dict:
+    """The keyword arguments of nos.evaluate from a config's [evaluation] table."""
+    ev = config["evaluation"]
+    return {"epochs": ev["epochs"], "lr": ev["lr"], "lr_grid": ev["lr_grid"],
+            "grid_epochs": ev["grid_epochs"], "time_limit": ev["time_limit"],
+            "floor": ev["floor"], "batch_size": ev["batch_size"], "schedule": ev["schedule"]}
+
+
+def make_workers(config: dict, count: int) -> list:
+    w = config["workers"]
+    options = {"num_cpus": w["num_cpus"], "num_gpus": w["num_gpus"]}
+    task_options = {k: v for k, v in config["task"].items() if k != "name"}
+    return [EvalWorker.options(**options).remote(config["task"]["name"], task_options,
+                                                 evaluation_kwargs(config), w["threads"])
+            for _ in range(count)]

@@ -1,0 +1,333 @@
+"""A rule trains a child network and becomes a reward.
+
+``evaluate(rule, task=...)`` compiles the rule into a :class:`nos.Optimizer`,
+picks a learning rate (given, or the paper's way: a short run at each rate of
+a log grid, the best one then trained for the full budget), trains the
+task's child and returns an :class:`EvalResult`.  Nothing the rule does
+raises into the caller: a rule that cannot compile is ``invalid``, one whose
+loss or parameters blow up is ``diverged``, one past its time limit is
+``timeout``; each gets the floor reward.  A bad setting (a learning rate that
+is not a positive number, an unknown schedule, ...) is the caller's mistake:
+a ValueError naming the setting (``nos.train.settings``), raised before any training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from nos.compile.compiler import RuleCompileError
+from nos.optim.optimizer import Optimizer, resolve
+from nos.lang.parser import RuleSyntaxError
+from nos.lang.rule import Rule
+from nos.train.settings import check_evaluation, check_schedule
+from nos.train.tasks import Task, TaskData, default_device, get_task
+
+DEFAULT_LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+@dataclass
+class EvalResult:
+    """What one evaluation of a rule gives.  ``reward`` is the validation accuracy
+    of the final model (the floor reward unless ``status`` is ``ok``)."""
+
+    rule: str
+    task: str
+    status: str
+    reward: float
+    lr: float | None = None
+    val_accuracy: float | None = None
+    val_loss: float | None = None
+    test_accuracy: float | None = None
+    loss_curve: list[float] = field(default_factory=list)  # mean training loss per epoch
+    val_curve: list[float] = field(default_factory=list)  # validation accuracy per epoch
+    steps: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    grid: list[dict] = field(default_factory=list)  # the short runs: lr, reward, status
+    ensemble_accuracy: float | None = None
+    snapshot_accuracies: list[float] = field(default_factory=list)
+    seed: int = 0
+    epochs: float = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Stop(Exception):
+    def __init__(self, status: str, error: str) -> None:
+        super().__init__(error)
+        self.status = status
+
+
+@dataclass
+class _Run:
+    model: torch.nn.Module
+    steps: int
+    loss_curve: list[float]
+    val_curve: list[float]
+    snapshots: list[dict]
+
+
+def _accuracy_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       batch: int = 1024) -> tuple[float, float, torch.Tensor]:
+    """Accuracy, mean loss, and the softmax outputs (for ensembles)."""
+    model.eval()
+    correct, count, loss_sum, probs = 0.0, 0, 0.0, []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            out = model(x[i:i + batch])
+            n = task.count(y[i:i + batch])
+            loss_sum += task.loss(out, y[i:i + batch]).item() * n
+            correct += task.correct(out, y[i:i + batch]).item()
+            count += n
+            probs.append(torch.softmax(out.float(), dim=-1))
+    model.train()
+    return correct / max(count, 1), loss_sum / max(count, 1), torch.cat(probs)
+
+
+def _train(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, seed: int,
+           batch_size: int, device: torch.device, deadline: float, schedule: Any = None,
+           snapshots: int = 0, explode: float = 20.0, progress: bool = False) -> _Run:
+    torch.manual_seed(seed)
+    model = task.build_model().to(device)
+    n = len(data.train_x)
+    total = _total_steps(n, batch_size, epochs)
+    opt = Optimizer(model.parameters(), rule, lr=lr, total_steps=total, seed=seed)
+    scheduler = None
+    if schedule is not None:
+        from nos.optim.schedules import from_config
+
+        scheduler = from_config(schedule, opt, total)
+    snapshot_at: set[int] = set()
+    if snapshots:
+        from nos.optim.schedules import sgdr_cycle_ends
+
+        cfg = schedule if isinstance(schedule, dict) else {}
+        ends = sgdr_cycle_ends(int(cfg.get("T_0", total)), int(cfg.get("T_mult", 1)), total)
+        snapshot_at = set(ends[-snapshots:])
+    order = torch.Generator().manual_seed(seed)
+    run = _Run(model, 0, [], [], [])
+    first_loss = None
+    bar = _progress(total, task.name) if progress else None
+    step = 0
+    while step < total:
+        perm = torch.randperm(n, generator=order).to(device)
+        loss_sum, loss_n = 0.0, 0
+        for i in range(0, n, batch_size):
+            if step >= total:
+                break
+            idx = perm[i:i + batch_size]
+            loss = task.loss(model(data.train_x[idx]), data.train_y[idx])
+            value = loss.item()
+            if not math.isfinite(value):
+                raise _Stop("diverged", f"loss became {value} at step {step + 1}")
+            first_loss = first_loss if first_loss is not None else value
+            if value > explode * max(first_loss, 1e-3):
+                raise _Stop("diverged", f"loss exploded to {value:.3g} at step {step + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if scheduler is not None:
+                scheduler.step()
+            step += 1
+            loss_sum += value
+            loss_n += 1
+            if step in snapshot_at:
+                run.snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            if time.monotonic() > deadline:
+                raise _Stop("timeout", f"time limit reached at step {step}")
+        if not all(torch.isfinite(p).all() for p in model.parameters()):
+            raise _Stop("diverged", f"parameters became non-finite by step {step}")
+        run.loss_curve.append(loss_sum / max(loss_n, 1))
+        run.val_curve.append(_accuracy_and_loss(task, model, data.val_x, data.val_y)[0])
+        if bar is not None:
+            bar.update(loss_n)
+            bar.set_postfix(loss=f"{run.loss_curve[-1]:.3f}", val=f"{run.val_curve[-1]:.3f}")
+    if bar is not None:
+        bar.close()
+    run.steps = step
+    return run
+
+
+def _total_steps(examples: int, batch_size: int, epochs: float) -> int:
+    return max(1, round(epochs * max(1, math.ceil(examples / batch_size))))
+
+
+def _progress(total: int, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"{name} steps", unit="step", leave=False)
+
+
+def _attempt(rule: Rule, task: Task, data: TaskData, result: EvalResult, **kwargs) -> _Run | None:
+    """One training run; failures are written into result instead of raised."""
+    try:
+        return _train(rule, task, data, **kwargs)
+    except _Stop as stop:
+        result.status, result.error = stop.status, str(stop)
+    except (RuleSyntaxError, RuleCompileError, ValueError) as err:
+        result.status, result.error = "invalid", str(err).splitlines()[0]
+    except RuntimeError as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        result.status, result.error = "failed", text
+    return None
+
+
+def evaluate(
+    rule: Rule | str,
+    task: str | Task = "mnist1d",
+    *,
+    epochs: float | None = None,
+    lr: float | None = None,
+    lr_grid: Sequence[float] | None = DEFAULT_LR_GRID,
+    grid_epochs: float = 1.0,
+    seed: int = 0,
+    batch_size: int | None = None,
+    schedule: Any = None,
+    snapshots: int = 0,
+    time_limit: float | None = None,
+    floor: float = 0.0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+    task_options: dict | None = None,
+    batched_grid: bool | None = None,
+) -> EvalResult:
+    """Train the task's child with ``rule`` and return its reward and details.
+
+    Args:
+        rule: a Rule, rule text or a baseline's name.
+        task: a task name (see ``nos.train.tasks.task_names()``) or a Task.
+        epochs: the full training budget (the task's default if None).
+        lr: a fixed learning rate; if None, each rate of ``lr_grid`` is trained
+            for ``grid_epochs`` and the best one (by validation accuracy) is kept.
+        schedule: a learning-rate schedule (``nos.optim.schedules``): a name, a table
+            (``{"name": "sgdr", "T_0": 50}``) or ``"sgdr:T_0=50,T_mult=2"``.
+        snapshots: with an SGDR schedule, keep the model at the end of each of
+            the last ``snapshots`` cycles and report their ensemble's accuracy.
+        time_limit: seconds for the whole evaluation; past it, status ``timeout``.
+        floor: the reward of a rule that is invalid, diverged or timed out.
+        batched_grid: train the grid's short runs as one vmap-ed model (nos.train.grid);
+            by default on CUDA, where it pays, and not on the CPU, where the child's
+            arithmetic, not the per-step overhead, is the cost.
+
+    Raises:
+        ValueError: a bad setting (``nos.train.settings.SettingError``, naming it), before
+            any training.  A bad rule does not raise: its status is ``invalid``.
+    """
+    start = time.monotonic()
+    schedule = check_evaluation(
+        {"epochs": epochs, "lr": lr, "lr_grid": lr_grid, "grid_epochs": grid_epochs,
+         "batch_size": batch_size, "snapshots": snapshots, "time_limit": time_limit,
+         "floor": floor, "seed": seed, "schedule": schedule})["schedule"]
+    text = rule if isinstance(rule, str) else str(rule)
+    task_obj = get_task(task, **(task_options or {})) if isinstance(task, str) else task
+    result = EvalResult(rule=text, task=task_obj.name, status="ok", reward=floor, seed=seed)
+    try:
+        parsed, _ = resolve(rule)
+        result.rule = str(parsed)
+    except (RuleSyntaxError, ValueError) as err:
+        result.status, result.error = "invalid", str(err).splitlines()[0]
+        result.seconds = time.monotonic() - start
+        return result
+    device = torch.device(device) if device is not None else default_device()
+    data = task_obj.load(device)
+    epochs = task_obj.epochs if epochs is None else epochs
+    result.epochs = epochs
+    batch_size = batch_size or task_obj.batch_size
+    grid = DEFAULT_LR_GRID if lr_grid is None else lr_grid
+    if schedule is not None:  # now that the run's length and its possible rates are known
+        check_schedule(schedule, _total_steps(len(data.train_x), batch_size, epochs),
+                       [lr] if lr is not None else grid)
+    deadline = start + time_limit if time_limit else math.inf
+    common = dict(seed=seed, batch_size=batch_size, device=device,
+                  deadline=deadline, progress=progress)
+    if lr is None:
+        lr = _search_lr(parsed, task_obj, data, grid, grid_epochs, result, floor, common,
+                        batched=device.type == "cuda" if batched_grid is None else batched_grid)
+        if lr is None:
+            result.seconds = time.monotonic() - start
+            return result
+    result.lr = lr
+    run = _attempt(parsed, task_obj, data, result, lr=lr, epochs=epochs, schedule=schedule,
+                   snapshots=snapshots, **common)
+    if run is not None:
+        _score(task_obj, data, run, result)
+    else:
+        result.reward = floor
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def _search_lr(rule: Rule, task: Task, data: TaskData, grid: Sequence[float], grid_epochs: float,
+               result: EvalResult, floor: float, common: dict, batched: bool = True
+               ) -> float | None:
+    """The paper's way: a short run at each rate; the best validation accuracy wins."""
+    if batched and len(grid) > 1:
+        picked = _search_lr_batched(rule, task, data, grid, grid_epochs, result, floor, common)
+        if picked is not False:
+            return picked
+    best_lr, best = None, -math.inf
+    for lr in grid:
+        short = EvalResult(rule=result.rule, task=task.name, status="ok", reward=floor)
+        run = _attempt(rule, task, data, short, lr=lr, epochs=grid_epochs, **common)
+        reward = run.val_curve[-1] if run is not None and run.val_curve else floor
+        result.grid.append({"lr": lr, "reward": reward, "status": short.status})
+        if short.status in ("invalid", "timeout"):
+            result.status, result.error = short.status, short.error
+            return None
+        if run is not None and reward > best:
+            best_lr, best = lr, reward
+    if best_lr is None:
+        result.status = "diverged"
+        result.error = "diverged at every learning rate of the grid"
+    return best_lr
+
+
+def _search_lr_batched(rule: Rule, task: Task, data: TaskData, grid: Sequence[float],
+                       grid_epochs: float, result: EvalResult, floor: float, common: dict):
+    """The grid as one vmap-ed model (nos.train.grid); False if this child cannot be batched."""
+    from nos.train.grid import GridTimeout, batched_grid
+
+    try:
+        runs = batched_grid(rule, task, data, grid, epochs=grid_epochs, seed=common["seed"],
+                            batch_size=common["batch_size"], device=common["device"],
+                            deadline=common["deadline"], floor=floor)
+    except GridTimeout as err:
+        result.status, result.error = "timeout", str(err)
+        return None
+    except (RuleSyntaxError, RuleCompileError, ValueError) as err:
+        result.status, result.error = "invalid", str(err).splitlines()[0]
+        return None
+    except RuntimeError:
+        return False  # an operation vmap cannot batch: train the grid one rate at a time
+    result.grid.extend(runs)
+    ok = [r for r in runs if r["status"] == "ok"]
+    if not ok:
+        result.status = "diverged"
+        result.error = "diverged at every learning rate of the grid"
+        return None
+    return max(ok, key=lambda r: r["reward"])["lr"]
+
+
+def _score(task: Task, data: TaskData, run: _Run, result: EvalResult) -> None:
+    acc, loss, _ = _accuracy_and_loss(task, run.model, data.val_x, data.val_y)
+    result.val_accuracy, result.val_loss = acc, loss
+    result.test_accuracy = _accuracy_and_loss(task, run.model, data.test_x, data.test_y)[0]
+    result.reward = acc
+    result.loss_curve, result.val_curve, result.steps = run.loss_curve, run.val_curve, run.steps
+    if run.snapshots:
+        probs = []
+        for state in run.snapshots:
+            run.model.load_state_dict(state)
+            snap_acc, _, p = _accuracy_and_loss(task, run.model, data.val_x, data.val_y)
+            result.snapshot_accuracies.append(snap_acc)
+            probs.append(p)
+        mean = torch.stack(probs).mean(0)
+        predicted = mean.argmax(-1)
+        result.ensemble_accuracy = (predicted == data.val_y).float().mean().item()

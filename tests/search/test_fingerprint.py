@@ -1,0 +1,71 @@
+"""Functional fingerprints: equivalent rules fall together, different ones do not;
+pruning of invalid and degenerate rules."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from nos.search.fingerprint import fingerprint
+from nos.search.space import Space
+
+EQUIVALENT = [
+    ["g", "g * 1", "g + 0", "(g + g) / 2", "1 * g - 0", "--g", "g / 1", "g^1"],
+    ["adam", "m_hat / (sqrt(v_hat) + eps)", "m / (1 - beta1^t) / (sqrt(v_hat) + 1e-8)"],
+    ["exp(sign(g) * sign(m)) * g", "g * exp(sign(m) * sign(g))", "powersign_text"],
+    ["g + noise", "noise + g"],
+    ["sign(g) + sign(m)", "sign(m) + sign(rmsprop)", "sign(sign(g)) + sign(m)"],
+]
+DIFFERENT = ["g", "2 * g", "sign(g)", "clip(g, 1e-4)", "clip(g, 1e-3)", "clip(g, 1e-5)",
+             "m", "m_hat", "v_hat * g", "adam", "rmsprop", "g + noise", "drop(g, 0.3)",
+             "drop(g, 0.5)", "ld * g", "cd(1) * g", "rd(1) * g", "g^3", "g + 1e-4 * w",
+             "g + 1e-3 * w", "sqrt(abs(g))", "log(abs(g))", "exp(g) - exp(m_hat)"]
+
+
+@pytest.mark.parametrize("group", EQUIVALENT, ids=[g[0] for g in EQUIVALENT])
+def test_equivalent_rules_share_a_fingerprint(group):
+    texts = [("param base = 2.718281828459045\nupdate = exp(log(base) * sign(g) * sign(m)) * g"
+              if t == "powersign_text" else t) for t in group]
+    prints = [fingerprint(t) for t in texts]
+    assert all(p.status == "ok" for p in prints)
+    assert len({p.digest for p in prints}) == 1, [(t, p.digest) for t, p in zip(texts, prints)]
+
+
+def test_different_rules_have_different_fingerprints():
+    prints = {t: fingerprint(t) for t in DIFFERENT}
+    assert all(p.status == "ok" for p in prints.values())
+    for (a, pa), (b, pb) in itertools.combinations(prints.items(), 2):
+        assert pa.digest != pb.digest, (a, b)
+
+
+@pytest.mark.parametrize("text,status", [
+    ("g ^ g", "invalid"), ("exp(exp(g * 100))", "invalid"), ("log(abs(g)) / 0 * g", "invalid"),
+    ("0 * g", "degenerate"), ("exp(g) * 0", "degenerate"), ("1 + 0 * g", "degenerate"),
+    ("w", "degenerate"), ("noise", "degenerate"), ("1e-4 * w - clip(0 * g, 1)", "degenerate"),
+    ("drop(g, 1)", "degenerate"), ("foo(g)", "invalid"), ("drop(g, g)", "invalid"),
+])
+def test_pruning_statuses(text, status):
+    result = fingerprint(text)
+    assert result.status == status, result
+    assert result.digest is None and result.reason
+
+
+def _sample_prints(seed: int, n: int) -> list:
+    space = Space()
+    rng = np.random.default_rng(seed)
+    return [fingerprint(space.to_text(space.sample(rng))) for _ in range(n)]
+
+
+def test_default_space_sample_counts_are_stable():
+    """200 rules of the default space drawn with seed 0: how many are pruned, and how many
+    behave like one drawn before.  A change in these counts is a change in what the probe
+    calls invalid, degenerate or equal (see the cache savings in the README)."""
+    prints = _sample_prints(0, 200)
+    counts = Counter(p.status for p in prints)
+    assert counts == {"ok": 121, "degenerate": 51, "invalid": 28}
+    digests = [p.digest for p in prints if p.status == "ok"]
+    assert len(digests) - len(set(digests)) == 2  # repeats the cache would not train
+    assert _sample_prints(0, 200) == prints  # the same draws, the same verdicts

@@ -24,8 +24,10 @@ README and the ops table's documentation give each construct:
 
 Every value is an array over all the elements being stepped (the language
 is element-wise, so a flat array of several tensors' elements is as good as
-one tensor); a param or the learning rate may differ per element, which is
-how one interpreter serves several parameter groups.
+one tensor); a param, the learning rate and the step number may differ per
+element, which is how one interpreter serves several parameter groups and
+tensors that skip steps (a tensor without a gradient keeps its value, its
+buffers and its t).  ``params`` may be changed between steps.
 
 ``step_size`` after each step is ``|lr|`` times the magnitude of the update's
 additive parts (``|a| + |b|`` for ``a - b``, through sums, negations and
@@ -45,7 +47,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from nos.rule import Node, Rule, Statement
+from nos.lang.rule import Rule
+from nos.lang.tree import Node, Statement
 
 Array = np.ndarray
 
@@ -105,7 +108,7 @@ class Interpreter:
         self.params = {s.name: self.full(given.get(s.name, s.default))
                        for s in self.statements if s.kind == "param"}
         self.buffers = {s.name: self.full(0.0) for s in self.statements if s.kind == "state"}
-        self.t = 0
+        self.t = np.zeros(size, dtype=np.int64)  # steps taken, per element
         self.step_size = self.full(0.0)
 
     def full(self, value: Array | float) -> Array:
@@ -114,11 +117,14 @@ class Interpreter:
             return value if value.dtype == self.dtype else value.astype(self.dtype)
         return np.full(self.size, value, dtype=self.dtype)
 
-    def step(self, w: Array, g: Array, lr: Array | float) -> Array:
-        """The new parameter values after one step with gradient g."""
-        self.t += 1
+    def step(self, w: Array, g: Array, lr: Array | float, active: Array | None = None
+             ) -> Array:
+        """The new parameter values after one step with gradient g, for the elements
+        marked active (all by default); the others keep their values."""
+        active = np.ones(self.size, dtype=bool) if active is None else active
+        self.t = self.t + active
         env: dict[str, Array] = {"w": self.full(w), "g": self.full(g)}
-        update = None
+        update, old = None, dict(self.buffers)
         with np.errstate(all="ignore"):
             for s in self.statements:
                 if s.kind == "param":
@@ -130,9 +136,12 @@ class Interpreter:
                     env[s.name] = value
                 else:
                     update = value
-                    self.step_size = np.abs(self.full(lr)) * self.parts(s.expr, env)
+                    step_size = np.abs(self.full(lr)) * self.parts(s.expr, env)
             assert update is not None, "a rule has an update"
-            return self.zero(env["w"] - self.full(lr) * update)
+            for name, value in self.buffers.items():
+                self.buffers[name] = np.where(active, value, old[name])
+            self.step_size = np.where(active, step_size, 0.0)
+            return np.where(active, self.zero(env["w"] - self.full(lr) * update), env["w"])
 
     # --- expressions -------------------------------------------------------------
 
@@ -172,12 +181,12 @@ class Interpreter:
         if word in self.params:
             return self.params[word]
         if word == "t":
-            return self.full(float(self.t))
+            return self.full(self.t)
         if word == "T":
             return self.full(float(self.total_steps()))
         if word == "ld":
             total = self.total_steps()
-            return self.full(max(0.0, (total - self.elapsed()) / total))
+            return np.maximum(0.0, (total - self.elapsed()) / total)
         if word == "noise":
             return self.full(self.rng.normal(0.0, 0.1, self.size))
         if word == "annealed_noise":
@@ -188,9 +197,9 @@ class Interpreter:
         assert self.total is not None, "the rule reads T: give total_steps"
         return self.total
 
-    def elapsed(self) -> float:
+    def elapsed(self) -> Array:
         """s: 0 at the first step, clamped to T."""
-        return float(min(max(self.t - 1, 0), self.total_steps()))
+        return self.full(np.clip(self.t - 1, 0, self.total_steps()))
 
     def schedule(self, op: str, n: Array) -> Array:
         total, s = self.total_steps(), self.elapsed()

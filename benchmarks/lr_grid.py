@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from nos.train.evaluation import DEFAULT_LR_GRID, EvalResult, _search_lr, _train
 from nos.optim.optimizer import resolve
+from nos.train.evaluation import DEFAULT_LR_GRID, EvalResult, _search_lr, _train
 from nos.train.tasks import get_task
 
 

@@ -51,12 +51,14 @@ from typing import Any
 
 import numpy as np
 
-from nos.optim.baselines import baselines
-from nos.compile.compiler import RuleCompileError, compile_rule
-from nos.search.fingerprint import Fingerprint, fingerprint
+from nos.compile.compiler import compile_rule
+from nos.compile.program import RuleCompileError
 from nos.lang.ops import FUNCTIONS, OPS
-from nos.lang.parser import RuleSyntaxError, parse, prelude_text
-from nos.lang.rule import PRIMITIVES, Bounds, Node, Rule, Statement, name, num
+from nos.lang.parser import RuleSyntaxError, prelude_text
+from nos.lang.rule import Rule, parse
+from nos.lang.tree import PRIMITIVES, Bounds, Node, Statement, name, num
+from nos.optim.baselines import baselines
+from nos.search.fingerprint import Fingerprint, fingerprint
 from nos.search.space import Space
 
 from .base import Controller, Proposal, check_number

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from nos.controllers import make_controller
+
 from nos.search.fingerprint import fingerprint
 from nos.search.space import Space, SpaceConfig
 

@@ -1,7 +1,8 @@
 """Controllers compared on the quick config: rnn, random and evolution, several seeds each,
 at the same budget.
 
-    .venv/bin/python experiments/compare_controllers.py [--seeds 3] [--budget N] [--out runs/compare]
+    .venv/bin/python experiments/compare_controllers.py [--seeds 3] [--budget N] \
+        [--out runs/compare]
 
 For each run it records the mean reward of the last quarter of the samples, the
 mean over all samples and the best reward found, and writes them to

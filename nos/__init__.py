@@ -4,16 +4,18 @@ Update rules are written in a small language, compiled into torch
 optimizers, and searched for by controllers whose child trainings run on Ray.
 """
 
+from nos.compile.compiler import compile_rule
+from nos.compile.program import RuleCompileError
+from nos.lang.parser import RuleSyntaxError
+from nos.lang.rule import Rule, parse
 from nos.optim.baselines import Baseline, baselines
-from nos.compile.compiler import RuleCompileError, compile_rule
-from nos.train.evaluation import EvalResult, evaluate
 from nos.optim.optimizer import Optimizer
-from nos.lang.parser import RuleSyntaxError, parse
-from nos.lang.rule import Rule
+from nos.search.driver import SearchSummary, search
+from nos.train.evaluation import EvalResult, evaluate
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Baseline", "EvalResult", "Optimizer", "Rule", "RuleCompileError", "RuleSyntaxError",
-    "baselines", "compile_rule", "evaluate", "parse",
+    "SearchSummary", "baselines", "compile_rule", "evaluate", "parse", "search",
 ]

@@ -183,8 +183,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     from nos.optim.baselines import BASELINES
-    from nos.train.evaluation import evaluate
-    from nos.report.tables import mean_spread, plot_curves, table
+    from nos.report.compare import comparison_table, plot_trials, train_seeds
 
     settings = evaluation_settings(args)
     names = args.names.split(",") if args.names else list(BASELINES)
@@ -193,31 +192,21 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
     if args.plot:
         _check_writable(args.plot)
-    rows, curves, records = [], {}, []
-    for name in names:
-        results = [evaluate(name, args.task, **settings, seed=seed, device=args.device,
-                            task_options=_task_options(args))
-                   for seed in range(args.seeds)]
-        rewards = [r.reward for r in results]
-        tests = [r.test_accuracy for r in results if r.test_accuracy is not None]
-        mean, spread = mean_spread(rewards)
-        lrs = sorted({r.lr for r in results if r.lr is not None})
-        statuses = sorted({r.status for r in results})
-        rows.append([name, mean, spread, mean_spread(tests)[0] if tests else None,
-                     ",".join(f"{x:g}" for x in lrs) or "-", ",".join(statuses),
-                     sum(r.seconds for r in results) / len(results)])
-        curves[name] = [r.val_curve for r in results]
-        records.append({"name": name, "rewards": rewards, "mean": mean, "std": spread,
-                        "test": tests, "lrs": [r.lr for r in results], "statuses": statuses})
+    settings.update(device=args.device, task_options=_task_options(args))
+
+    def progress(name: str, result) -> None:
         if not args.json:
-            print(f"  {name:14s} reward {mean:.4f} ± {spread:.4f}", file=sys.stderr)
-    rows.sort(key=lambda r: -r[1])
+            print(f"  {name:14s} seed {result.seed}: {result.reward:.4f} ({result.status})",
+                  file=sys.stderr)
+
+    trials = train_seeds([(n, n) for n in names], args.task, args.seeds, settings, progress)
     if args.json:
-        print(json.dumps({"task": args.task, "seeds": args.seeds, "baselines": records}))
+        print(json.dumps({"task": args.task, "seeds": args.seeds,
+                          "baselines": [t.record() for t in trials]}))
     else:
-        print(table(["baseline", "reward", "± std", "test", "lr", "status", "s/run"], rows))
+        print(comparison_table(trials, first="baseline"))
     if args.plot:
-        plot_curves(curves, args.plot, f"baselines on {args.task} ({args.seeds} seeds)")
+        plot_trials(trials, args.plot, f"baselines on {args.task} ({args.seeds} seeds)")
         if not args.json:
             print(f"curves written to {args.plot}")
     return 0
@@ -245,8 +234,8 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
 
 def search_config(args: argparse.Namespace) -> dict:
     """The config file (or the defaults) with the command line's overrides, validated."""
-    from nos.search import config as cfg
     from nos.controllers import controller_names
+    from nos.search import config as cfg
     from nos.train.tasks import task_names
 
     config = cfg.load(args.config) if args.config else cfg.validate({}, "defaults")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from nos.store import Evaluation, Store
+from nos.search.store import Evaluation, Store
 
 
 def check_run(out: Path, budget: int) -> list[Evaluation]:

@@ -18,7 +18,9 @@ from collections.abc import Callable
 
 import torch
 
-from nos.compile.compiler import TENSOR, Group, Program, _scalars, compile_rule
+from nos.compile.compiler import compile_rule
+from nos.compile.executors import Bucket, scalar_values
+from nos.compile.program import TENSOR, Program
 from nos.lang.ops import OPS
 from nos.lang.rule import Rule
 
@@ -39,19 +41,19 @@ class FusedStep:
         step.__code__ = step.__code__.replace()
         self._step = torch.compile(step, dynamic=False)
 
-    def __call__(self, group: Group) -> None:
-        env = _scalars(self.program, group.hyper, group.t, group.total)
+    def __call__(self, bucket: Bucket) -> None:
+        env = scalar_values(self.program, bucket.hyper, bucket.t, bucket.total)
         slots = [s for s, kind in enumerate(self.program.kinds) if kind != TENSOR]
-        device = group.params[0].device
+        device = bucket.params[0].device
         values = [float(env[s]) for s in slots] + [1.0]  # the 1 of _step_function
-        if isinstance(group.lr, torch.Tensor):  # stays on the device: no host synchronisation
+        if isinstance(bucket.lr, torch.Tensor):  # stays on the device: no host synchronisation
             to = {"device": device, "dtype": torch.float64, "non_blocking": device.type != "cpu"}
             scalars = torch.cat([torch.tensor(values, dtype=torch.float64).to(**to),
-                                 group.lr.reshape(1).to(**to)])
+                                 bucket.lr.reshape(1).to(**to)])
         else:
-            scalars = torch.tensor(values + [group.lr], dtype=torch.float64, device=device)
-        buffers = [[_one_d(b) for b in group.buffers[name]] for name in self.program.buffers]
-        params, grads = [_one_d(p) for p in group.params], [_one_d(g) for g in group.grads]
+            scalars = torch.tensor(values + [bucket.lr], dtype=torch.float64, device=device)
+        buffers = [[_one_d(b) for b in bucket.buffers[name]] for name in self.program.buffers]
+        params, grads = [_one_d(p) for p in bucket.params], [_one_d(g) for g in bucket.grads]
         start = time.perf_counter()
         self._step(params, grads, buffers, scalars)
         if self.compile_seconds is None:

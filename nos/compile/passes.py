@@ -23,8 +23,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import replace
 
-from nos.compile.compiler import TENSOR, Instr, Program, Term, _Builder
 from nos.compile.kernels import KERNELS
+from nos.compile.program import TENSOR, Instr, Program, ProgramBuilder, Term
 
 END = 1 << 30
 
@@ -40,7 +40,7 @@ def _uses(program: Program) -> Counter:
 
 
 class _Passes:
-    def __init__(self, program: Program, builder: _Builder) -> None:
+    def __init__(self, program: Program, builder: ProgramBuilder) -> None:
         self.p = program
         self.b = builder
 
@@ -217,7 +217,7 @@ class _Passes:
         self.p.tensor_code = code
 
 
-def optimize_program(program: Program, builder: _Builder) -> None:
+def optimize_program(program: Program, builder: ProgramBuilder) -> None:
     passes = _Passes(program, builder)
     passes.terms()
     passes.prune()

@@ -1,4 +1,4 @@
-"""Text becomes a Rule: the Lark grammar, the tree builder, and the checks.
+"""Text becomes statements: the Lark grammar, the tree builder, the checks, the prelude.
 
 Every malformed or meaningless text raises :class:`RuleSyntaxError` with the
 line and column of the problem and a message that shows the line with a
@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import lark
 from lark import Lark, Token, Transformer, v_args
 
 from nos.lang.ops import FUNCTIONS
-from nos.lang.rule import PRIMITIVES, Bounds, Node, Rule, Statement
+from nos.lang.printer import bounds_text
+from nos.lang.tree import PRIMITIVES, Bounds, Node, Statement, names_read
 
 MAX_DEPTH = 100  # deeper expressions are refused rather than risking the stack
 MAX_LENGTH = 100_000
@@ -69,7 +71,7 @@ def _suggest(word: str, candidates: set[str] | list[str]) -> str:
 
 
 @v_args(inline=True)
-class _Builder(Transformer):
+class _TreeBuilder(Transformer):
     """Lark's parse into Nodes and Statements (runs inside the LALR parser)."""
 
     def _node(self, op: str, args: tuple[Node, ...], at: Node | Token) -> Node:
@@ -132,8 +134,6 @@ class _Builder(Transformer):
         else:
             raise _fail(f"the default of param '{name}' must be a number", default)
         if bounds is not None and value not in bounds:
-            from nos.lang.printer import bounds_text
-
             raise _fail(
                 f"the default {value:g} of param '{name}' is outside {bounds_text(bounds)}",
                 default,
@@ -180,7 +180,7 @@ def _grammar() -> str:
 @functools.lru_cache(maxsize=1)
 def _lark() -> Lark:
     # The builder runs inside the LALR parser: no tree, and no recursion.
-    return Lark(_grammar(), parser="lalr", maybe_placeholders=True, transformer=_Builder())
+    return Lark(_grammar(), parser="lalr", maybe_placeholders=True, transformer=_TreeBuilder())
 
 
 def _expected(names: set[str]) -> str:
@@ -246,16 +246,17 @@ def _statements(text: str) -> tuple[Statement, ...]:
     except lark.exceptions.UnexpectedInput as err:
         raise _syntax(err, text) from None
     except RuleSyntaxError as err:
-        raise _relocate(err, text) from None
+        raise relocate(err, text) from None
     except lark.exceptions.VisitError as err:
         if isinstance(err.orig_exc, RuleSyntaxError):
-            raise _relocate(err.orig_exc, text) from None
+            raise relocate(err.orig_exc, text) from None
         raise
     except RecursionError:
         raise RuleSyntaxError("rule nested too deeply", text, 1, 1) from None
 
 
-def _relocate(err: RuleSyntaxError, text: str) -> RuleSyntaxError:
+def relocate(err: RuleSyntaxError, text: str) -> RuleSyntaxError:
+    """The error placed in ``text`` (its line shown, the end of the text resolved)."""
     line, column = err.line, err.column
     if line < 0:  # the end of the text
         lines = text.rstrip().splitlines() or [""]
@@ -263,8 +264,8 @@ def _relocate(err: RuleSyntaxError, text: str) -> RuleSyntaxError:
     return RuleSyntaxError(err.reason, text, line, column)
 
 
-def parse(text: str) -> Rule:
-    """Parse rule text (or a bare expression) into a :class:`Rule`.
+def parse_statements(text: str) -> tuple[Statement, ...]:
+    """Parse and check rule text (or a bare expression); see :func:`nos.lang.rule.parse`.
 
     Raises :class:`RuleSyntaxError` for every malformed or meaningless text.
     """
@@ -273,11 +274,9 @@ def parse(text: str) -> Rule:
     statements = _statements(text)
     try:
         _check(statements, prelude=_prelude_defs())
-        rule = Rule(statements)
-        expand_prelude(rule)
     except RuleSyntaxError as err:
-        raise _relocate(err, text) from None
-    return rule
+        raise relocate(err, text) from None
+    return statements
 
 
 def _check(statements: tuple[Statement, ...], prelude: dict[str, Statement] | None) -> None:
@@ -336,12 +335,12 @@ def prelude_text() -> str:
     return resources.files("nos.grammar").joinpath("prelude.nos").read_text()
 
 
-def expand_prelude(rule: Rule) -> Rule:
-    """The rule with the prelude definitions it needs, in prelude order, in front."""
+def prelude_for(statements: tuple[Statement, ...]) -> tuple[Statement, ...]:
+    """The prelude definitions the statements need, in prelude order (to go in front)."""
     prelude = _prelude_defs()
-    own = {s.name: s for s in rule.statements}
+    own = {s.name: s for s in statements}
     needed: set[str] = set()
-    stack = [n for n in rule.names_used if n in prelude and n not in own]
+    stack = [n for n in names_read(statements) if n in prelude and n not in own]
     while stack:
         word = stack.pop()
         if word in needed:
@@ -357,14 +356,11 @@ def expand_prelude(rule: Rule) -> Rule:
                 )
             if dep in prelude and dep not in own:
                 stack.append(dep)
-    front = tuple(s for name, s in prelude.items() if name in needed)
-    return Rule(front + rule.statements) if front else rule
+    return tuple(s for name, s in prelude.items() if name in needed)
 
 
 def read_rule_source(source: str) -> str:
     """Rule text from a command-line argument: '-' is stdin, an existing path a file."""
-    import sys
-
     if source == "-":
         return sys.stdin.read()
     path = Path(source)

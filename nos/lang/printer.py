@@ -1,6 +1,6 @@
 """A Rule becomes text again: canonical text with minimal parentheses, and LaTeX.
 
-``nos.parse(to_text(rule)) == rule`` for every rule.
+``nos.parse(to_text(rule.statements)) == rule`` for every rule.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from nos.lang.ops import OPS
-from nos.lang.rule import Bounds, Node, Rule, Statement
+from nos.lang.tree import Bounds, Node, Statement, update_of
 
 # Binding strength: a child printed where a stronger one is needed gets parentheses.
 _PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "pow": 4}
@@ -78,11 +78,11 @@ def statement_text(s: Statement) -> str:
     return f"{s.kind} {s.name} = {expr_text(s.expr)}"  # type: ignore[arg-type]
 
 
-def to_text(rule: Rule) -> str:
+def to_text(statements: tuple[Statement, ...]) -> str:
     """Canonical text: a bare expression when the rule is only its update."""
-    if len(rule.statements) == 1:
-        return expr_text(rule.update)
-    return "\n".join(statement_text(s) for s in rule.statements)
+    if len(statements) == 1:
+        return expr_text(update_of(statements))
+    return "\n".join(statement_text(s) for s in statements)
 
 
 # --- LaTeX ----------------------------------------------------------------------
@@ -138,12 +138,12 @@ def expr_latex(node: Node, min_prec: int = 0) -> str:
     return rf"\left({text}\right)" if _prec(node) < min_prec else text
 
 
-def to_latex(rule: Rule) -> str:
+def to_latex(statements: tuple[Statement, ...]) -> str:
     """The rule as LaTeX: one line per statement, in an aligned block when several."""
-    if len(rule.statements) == 1:
-        return rf"\Delta w = {expr_latex(rule.update)}"
+    if len(statements) == 1:
+        return rf"\Delta w = {expr_latex(update_of(statements))}"
     lines = []
-    for s in rule.statements:
+    for s in statements:
         if s.kind == "param":
             lines.append(rf"{latex_name(s.name)} &= {_latex_number(s.default)}")  # type: ignore[arg-type]
         elif s.kind == "update":

@@ -1,99 +1,25 @@
-"""The rule's tree: one immutable node class, statements, and the Rule.
+"""The Rule: a parsed update rule, immutable, hashable, printed as canonical text.
 
-A rule is a straight-line program evaluated element-wise for each parameter
-tensor; the parameter step is always ``w <- w - lr * update``.  The tree
-keeps source positions for error messages, but they take no part in
-equality or hashing: two rules are equal when their canonical texts are.
+Two rules are equal when their canonical texts are.  :func:`parse` makes one
+from text; :meth:`Rule.expanded` writes out the prelude definitions it uses.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Union
+from dataclasses import dataclass
 
-Value = Union[float, str, None]  # noqa: UP007 - a runtime alias, not an annotation
-
-# Names every rule may read without defining them.
-PRIMITIVES: dict[str, str] = {
-    "g": "the gradient",
-    "w": "the parameter's value",
-    "t": "the step number, 1 at the first step",
-    "T": "the total number of steps (needs total_steps)",
-    "noise": "fresh N(0, 0.01) samples each step (standard deviation 0.1)",
-    "annealed_noise": "fresh N(0, 1/(1+t)^0.55) samples each step",
-    "ld": "linear decay max(0, (T - s) / T), s = t - 1 clamped to T",
-}
-RANDOM_PRIMITIVES = frozenset({"noise", "annealed_noise"})
-SCHEDULE_NAMES = frozenset({"T", "ld", "cd", "rd"})
-
-
-@dataclass(frozen=True)
-class Node:
-    """One expression node: ``op`` names the operation, ``args`` its operands.
-
-    ``op`` is ``"num"`` (``value`` is the float), ``"name"`` (``value`` is the
-    name), an operator (``add sub mul div pow neg``) or a function (``exp``,
-    ``clip``, ...) whose meaning lives in :data:`nos.lang.ops.OPS`.
-    """
-
-    op: str
-    args: tuple[Node, ...] = ()
-    value: Value = None
-    line: int = field(default=0, compare=False, repr=False)
-    column: int = field(default=0, compare=False, repr=False)
-    depth: int = field(default=1, compare=False, repr=False)
-
-    def walk(self) -> Iterator[Node]:
-        """Every node of the subtree, parents before children (no recursion)."""
-        stack = [self]
-        while stack:
-            node = stack.pop()
-            yield node
-            stack.extend(reversed(node.args))
-
-    def names(self) -> set[str]:
-        return {n.value for n in self.walk() if n.op == "name"}  # type: ignore[misc]
-
-    def calls(self) -> set[str]:
-        return {n.op for n in self.walk() if n.op not in ("num", "name")}
-
-
-def num(value: float) -> Node:
-    return Node("num", value=float(value))
-
-
-def name(value: str) -> Node:
-    return Node("name", value=value)
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The valid range of a param: ``[lo, hi)`` and friends."""
-
-    lo: float
-    hi: float
-    lo_closed: bool = True
-    hi_closed: bool = False
-
-    def __contains__(self, x: float) -> bool:
-        above = x >= self.lo if self.lo_closed else x > self.lo
-        below = x <= self.hi if self.hi_closed else x < self.hi
-        return above and below
-
-
-@dataclass(frozen=True)
-class Statement:
-    """``param NAME = default [in bounds]``, ``state``/``let NAME = expr``, or ``update = expr``."""
-
-    kind: str  # "param" | "state" | "let" | "update"
-    name: str
-    expr: Node | None = None  # None for a param
-    default: float | None = None  # params only
-    bounds: Bounds | None = None  # params only
-    line: int = field(default=0, compare=False, repr=False)
-    column: int = field(default=0, compare=False, repr=False)
+from nos.lang.parser import RuleSyntaxError, parse_statements, prelude_for, relocate
+from nos.lang.printer import to_latex, to_text
+from nos.lang.tree import (
+    PRIMITIVES,
+    RANDOM_PRIMITIVES,
+    SCHEDULE_NAMES,
+    Node,  # noqa: F401 - re-exported for type hints of callers
+    Statement,
+    names_read,
+    update_of,
+)
 
 
 @functools.total_ordering
@@ -108,9 +34,7 @@ class Rule:
     statements: tuple[Statement, ...]
 
     def __str__(self) -> str:
-        from nos.lang.printer import to_text
-
-        return to_text(self)
+        return to_text(self.statements)
 
     def __repr__(self) -> str:
         return f"Rule({str(self)!r})"
@@ -121,13 +45,11 @@ class Rule:
         return str(self) < str(other)
 
     def latex(self) -> str:
-        from nos.lang.printer import to_latex
-
-        return to_latex(self)
+        return to_latex(self.statements)
 
     @property
     def update(self) -> Node:
-        return next(s.expr for s in self.statements if s.kind == "update")  # type: ignore[return-value]
+        return update_of(self.statements)
 
     @property
     def params(self) -> dict[str, float]:
@@ -146,11 +68,7 @@ class Rule:
     @property
     def names_used(self) -> frozenset[str]:
         """Every name read by the rule's expressions."""
-        used: set[str] = set()
-        for s in self.statements:
-            if s.expr is not None:
-                used |= s.expr.names()
-        return frozenset(used)
+        return names_read(self.statements)
 
     @property
     def primitives(self) -> frozenset[str]:
@@ -185,10 +103,22 @@ class Rule:
 
     @functools.cached_property
     def _expanded(self) -> Rule:
-        from nos.lang.parser import expand_prelude
-
-        return expand_prelude(self)
+        front = prelude_for(self.statements)
+        return Rule(front + self.statements) if front else self
 
     def expanded(self) -> Rule:
         """The rule with the prelude definitions it uses written out in front."""
         return self._expanded
+
+
+def parse(text: str) -> Rule:
+    """Parse rule text (or a bare expression) into a :class:`Rule`.
+
+    Raises :class:`RuleSyntaxError` for every malformed or meaningless text.
+    """
+    statements = parse_statements(text)
+    try:
+        prelude_for(statements)
+    except RuleSyntaxError as err:
+        raise relocate(err, text) from None
+    return Rule(statements)

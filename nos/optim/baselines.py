@@ -23,7 +23,7 @@ class Baseline:
 
     @property
     def rule(self):
-        from nos.lang.parser import parse
+        from nos.lang.rule import parse
 
         return parse(self.text)
 

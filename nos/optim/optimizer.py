@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
-from nos.compile.compiler import Group, Program, compile_rule, run_foreach, run_reference
-from nos.lang.parser import parse
+from nos.compile.compiler import compile_rule
+from nos.compile.executors import Bucket, run_foreach, run_reference
+from nos.compile.program import Program
 from nos.lang.printer import bounds_text, format_number
-from nos.lang.rule import Rule, Statement
+from nos.lang.rule import Rule, parse
+from nos.lang.tree import Statement
 
 DEFAULT_LR = 1e-3
 BETAS = ("beta1", "beta2")  # the rule params torch's ``betas`` tuple stands for
@@ -333,7 +335,7 @@ class Optimizer(torch.optim.Optimizer):
             lr = lr if isinstance(lr, torch.Tensor) else float(lr)
             for (_, _, t), (ps, gs, states) in self._buckets(params).items():
                 buffers = {name: [s[name] for s in states] for name in self.program.buffers}
-                bucket = Group(ps, gs, buffers, hyper, lr, t, self.total_steps)
+                bucket = Bucket(ps, gs, buffers, hyper, lr, t, self.total_steps)
                 if self.fused:
                     self._fused_step(hyper)(bucket)
                 else:

@@ -7,12 +7,16 @@ Used by ``nos inspect``; every function takes an open :class:`nos.search.store.S
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from nos.lang.parser import parse
-from nos.report.tables import mean_spread, plot_curves, table
+from nos.lang.rule import parse
+from nos.report.compare import comparison_table, plot_trials, train_seeds
+from nos.report.tables import table
 from nos.search.store import Store
+from nos.search.workers import evaluation_kwargs
+from nos.train.evaluation import EvalResult
 
 COMPARISON_BASELINES = ("adam", "momentum", "sgd", "powersign", "addsign")
 
@@ -128,40 +132,27 @@ def retrain(store: Store, k: int, epochs: float | None, seeds: int, task: str | 
             baselines: Sequence[str] = COMPARISON_BASELINES, plot: str | None = None,
             progress: bool = True) -> str:
     """Train the top k rules and the baselines again, record them, return the table."""
-    import sys
-
-    from nos.train.evaluation import evaluate
-    from nos.search.workers import evaluation_kwargs
-
     config = store.config
     task_name = task or config["task"]["name"]
-    options = {k2: v for k2, v in config["task"].items() if k2 != "name"} if not task else {}
-    kwargs = evaluation_kwargs(config)
-    kwargs.pop("time_limit")
+    settings = evaluation_kwargs(config)
+    settings.pop("time_limit")
+    settings["task_options"] = ({k2: v for k2, v in config["task"].items() if k2 != "name"}
+                                if not task else {})
     if epochs is not None:
-        kwargs["epochs"] = epochs
+        settings["epochs"] = epochs
     candidates = [(f"top{i}", t["rule"]) for i, t in enumerate(store.top(k), start=1)]
     candidates += [(f"baseline:{name}", name) for name in baselines]
-    rows, curves = [], {}
-    for source, rule in candidates:
-        results = []
-        for seed in range(seeds):
-            r = evaluate(rule, task_name, seed=seed, task_options=options, **kwargs)
-            store.add_retrain(rule=r.rule, source=source, task=task_name, seed=seed,
-                              epochs=r.epochs, status=r.status, reward=r.reward, lr=r.lr,
-                              test_metric=r.test_accuracy, seconds=r.seconds,
-                              details={"val_curve": r.val_curve, "loss_curve": r.loss_curve})
-            results.append(r)
-            if progress:
-                print(f"  {source:18s} seed {seed}: {r.reward:.4f} ({r.status})",
-                      file=sys.stderr)
-        mean, spread = mean_spread([r.reward for r in results])
-        tests = [r.test_accuracy for r in results if r.test_accuracy is not None]
-        rows.append([source, mean, spread, mean_spread(tests)[0] if tests else None,
-                     results[0].rule if source.startswith("top") else rule])
-        curves[source] = [r.val_curve for r in results]
-    rows.sort(key=lambda r: -r[1])
+
+    def record(source: str, r: EvalResult) -> None:
+        store.add_retrain(rule=r.rule, source=source, task=task_name, seed=r.seed,
+                          epochs=r.epochs, status=r.status, reward=r.reward, lr=r.lr,
+                          test_metric=r.test_accuracy, seconds=r.seconds,
+                          details={"val_curve": r.val_curve, "loss_curve": r.loss_curve})
+        if progress:
+            print(f"  {source:18s} seed {r.seed}: {r.reward:.4f} ({r.status})", file=sys.stderr)
+
+    trials = train_seeds(candidates, task_name, seeds, settings, on_result=record)
     if plot:
-        plot_curves(curves, plot, f"retrained on {task_name} ({seeds} seeds)")
-    head = f"retrained on {task_name}, {kwargs['epochs']:g} epochs, {seeds} seeds"
-    return head + "\n" + table(["rule", "reward", "± std", "test", "text"], rows)
+        plot_trials(trials, plot, f"retrained on {task_name} ({seeds} seeds)")
+    head = f"retrained on {task_name}, {settings['epochs']:g} epochs, {seeds} seeds"
+    return head + "\n" + comparison_table(trials)

@@ -28,14 +28,13 @@ from pathlib import Path
 
 import torch
 
-from nos.search import faults
-from nos.search.config import identity
 from nos.controllers import Proposal, make_controller
-from nos.lang.parser import RuleSyntaxError, parse
+from nos.lang.parser import RuleSyntaxError
+from nos.lang.rule import parse
+from nos.search import config as cfg
+from nos.search import faults
 from nos.search.space import Space, SpaceConfig
 from nos.search.store import Evaluation, Store
-
-TRAINED = ("ok", "diverged", "timeout")
 
 
 @dataclass
@@ -244,7 +243,7 @@ class Search:
 
         start = time.time()
         workers_wanted = self.config["workers"]["count"]
-        with Store.create_or_open(self.out, identity(self.config)) as store:
+        with Store.create_or_open(self.out, cfg.identity(self.config)) as store:
             next_tell = self._restore(store)
             asked_batches = max((e.batch for e in store.evaluations()), default=-1) + 1
             queue = deque(self._admit(store, store.pending()))
@@ -388,3 +387,18 @@ class Search:
                              top=top, saved_by_cache=counts.get("cached", 0),
                              saved_by_pruning=counts.get("invalid", 0) + counts.get("degenerate",
                                                                                     0))
+
+
+def search(config: dict | str | Path, out: str | Path, *, address: str | None = None,
+           progress: bool = False) -> SearchSummary:
+    """Run a search, or resume the one in ``out``; returns its summary (``.out`` is the run).
+
+    ``config`` is a TOML file's path or a dict of the same tables (``{"search": {"budget":
+    100}, "task": {"name": "digits"}}``), validated as ``nos search --config`` does; Ray
+    is joined at ``address`` or started on this machine.  ``nos inspect`` reads the run.
+    """
+    if isinstance(config, (str, Path)):
+        config = cfg.load(config)
+    else:
+        config = cfg.validate(config, "search config")
+    return Search(config, out, address=address, progress=progress).run()

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nos.compile.compiler import Group, RuleCompileError, compile_rule, run_reference
-from nos.lang.parser import RuleSyntaxError, parse
-from nos.lang.rule import Rule
+from nos.compile.compiler import compile_rule
+from nos.compile.executors import Bucket, run_reference
+from nos.compile.program import RuleCompileError
+from nos.lang.parser import RuleSyntaxError
+from nos.lang.rule import Rule, parse
 
 PROBE_STEPS = 8
 SIGNIFICANT = 6  # digits kept when hashing the updates
@@ -68,7 +70,7 @@ def _updates(rule: Rule, grads: list[list[torch.Tensor]]) -> np.ndarray:
     steps = []
     for t, g in enumerate(grads, start=1):
         before = [p.clone() for p in params]
-        group = Group(params, [x.clone() for x in g], buffers, hyper, 1.0, t, PROBE_STEPS)
+        group = Bucket(params, [x.clone() for x in g], buffers, hyper, 1.0, t, PROBE_STEPS)
         run_reference(program, group, generator)
         steps.append(torch.cat([_moved(b, p) for b, p in zip(before, params)]))
     return torch.stack(steps).numpy()

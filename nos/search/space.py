@@ -235,7 +235,7 @@ class Space:
         return outputs[int(choice[len("unit"):])]
 
     def to_rule(self, tokens: Sequence[int]) -> Rule:
-        from nos.lang.parser import parse
+        from nos.lang.rule import parse
 
         return parse(self.to_text(tokens))
 

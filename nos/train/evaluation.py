@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from nos.compile.compiler import RuleCompileError
-from nos.optim.optimizer import Optimizer, resolve
+from nos.compile.program import RuleCompileError
 from nos.lang.parser import RuleSyntaxError
 from nos.lang.rule import Rule
+from nos.optim.optimizer import Optimizer, resolve
 from nos.train.settings import check_evaluation, check_schedule
 from nos.train.tasks import Task, TaskData, default_device, get_task
 

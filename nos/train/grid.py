@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from nos.optim.optimizer import Optimizer
 from nos.lang.rule import Rule
+from nos.optim.optimizer import Optimizer
 from nos.train.tasks import Task, TaskData
 
 

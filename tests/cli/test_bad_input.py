@@ -298,10 +298,13 @@ def test_the_package_never_calls_eval_or_exec_or_bare_pickle_load():
 
 
 def test_sql_uses_bound_parameters_only():
-    source = (ROOT / "nos" / "search" / "store" / "store.py").read_text()
-    for match in re.finditer(r"execute(?:many)?\((f?)([\"'])", source):
-        assert match.group(1) != "f", "SQL built with an f-string"
-    assert ".format(" not in source and "%s" not in source
+    sources = [path.read_text() for path in (ROOT / "nos").rglob("*.py")]
+    assert sum("execute(" in source for source in sources) >= 2  # the store's modules
+    for source in sources:
+        for match in re.finditer(r"execute(?:many)?\((f?)([\"'])", source):
+            assert match.group(1) != "f", "SQL built with an f-string"
+        if "execute(" in source:
+            assert ".format(" not in source and "%s" not in source
 
 
 def test_checkpoints_load_with_weights_only():
@@ -338,8 +341,8 @@ def test_environment_is_untouched_by_import():
     default (unless the user set that variable) on top of what ``import ray`` itself sets."""
     env = _clean_env()
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in env
-    assert _env_changes("nos", "nos.train.evaluation", "nos.search.driver", "nos.cli", "nos.search.config",
-                        "nos.search.store", env=env) == {}
+    assert _env_changes("nos", "nos.train.evaluation", "nos.search.driver", "nos.cli",
+                        "nos.search.config", "nos.search.store", env=env) == {}
     by_ray = _env_changes("ray", env=env)
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in by_ray
     assert _env_changes("nos.search.workers", env=env) == {**by_ray,

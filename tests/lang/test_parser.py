@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import nos
 from nos.lang.ops import FUNCTIONS
-from nos.lang.rule import Node, Rule, Statement
+from nos.lang.rule import Rule
+from nos.lang.tree import Node, Statement
 
 PAPER_RULES = [
     "exp(sign(g) * sign(m)) * g",

@@ -375,13 +375,13 @@ def _safe_rules():
 
 
 def _step_with(program, params, grads, foreach: bool) -> list[torch.Tensor]:
-    from nos.compile.compiler import Group, run_foreach, run_reference
+    from nos.compile.executors import Bucket, run_foreach, run_reference
 
     params = [p.clone() for p in params]
     buffers = {name: [torch.zeros_like(p) for p in params] for name in program.buffers}
     hyper = {name: s.default for name, s in program.params.items()}
     for t in (1, 2, 3):
-        group = Group(params, grads, buffers, hyper, 0.01, t, None)
+        group = Bucket(params, grads, buffers, hyper, 0.01, t, None)
         (run_foreach if foreach else run_reference)(program, group, lambda device: None)
     return params + [b for name in program.buffers for b in buffers[name]]
 

@@ -19,9 +19,9 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import ray  # noqa: E402
 
 from nos.search import config as cfg  # noqa: E402
-from nos.train.evaluation import evaluate  # noqa: E402
 from nos.search.driver import Search  # noqa: E402
 from nos.search.store import Store  # noqa: E402
+from nos.train.evaluation import evaluate  # noqa: E402
 from nos.train.tasks import get_task  # noqa: E402
 from tests.helpers import check_run  # noqa: E402
 

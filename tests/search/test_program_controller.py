@@ -27,8 +27,8 @@ from nos.controllers.program import (
 
 import nos
 from nos.compile.compiler import compile_rule
+from nos.lang.tree import Bounds
 from nos.search.fingerprint import fingerprint
-from nos.lang.rule import Bounds
 from nos.search.space import Space
 
 STARTS = ("adamw", "momentum", "lion", "adam")

@@ -66,6 +66,21 @@ def test_a_finished_run_reruns_as_a_no_op_and_refuses_another_config(ray_cluster
         Search(tiny_config(search={"controller": "random", "budget": 9}), out).run()
 
 
+def test_the_python_api_searches_from_a_dict_and_from_a_toml_file(ray_cluster, tmp_path):
+    import nos
+
+    data = {t: dict(v) for t, v in TINY.items()}
+    data["search"]["controller"] = "random"
+    summary = nos.search(data, tmp_path / "from-dict")
+    assert summary.out == tmp_path / "from-dict" and summary.finished == 6
+    check_run(summary.out, 6)
+    _write_toml(tmp_path / "tiny.toml", data)
+    assert nos.search(tmp_path / "tiny.toml", tmp_path / "from-toml").finished == 6
+    with pytest.raises(ValueError, match="unknown table"):
+        nos.search({"serach": {}}, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def _write_toml(path, config: dict) -> None:
     lines = []
     for table, values in config.items():

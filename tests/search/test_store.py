@@ -25,7 +25,6 @@ from nos.search.store import (
 
 CONFIG = {"search": {"budget": 6, "batch": 3, "controller": "rnn"},
           "task": {"name": "digits"}, "evaluation": {"epochs": 0.5, "lr": 0.05}}
-STORE_SOURCE = Path(__file__).resolve().parents[2] / "nos" / "search" / "store" / "store.py"
 
 
 def files_under(path: Path) -> dict[str, tuple[int, int]]:
@@ -297,14 +296,10 @@ def test_retrains_round_trip(tmp_path):
 
 # --- a writer killed with SIGKILL ----------------------------------------------------------
 
-# The child loads nos/store.py by path: it needs no torch import, so it starts in a blink.
 CHILD = r"""
-import importlib.util, json, sys
+import json, sys
 
-spec = importlib.util.spec_from_file_location("store_under_test", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-sys.modules[spec.name] = module
-spec.loader.exec_module(module)
+from nos.search import store as module
 
 def state(batch, kind):  # kind: b"A" after asking for batch, b"T" after telling it
     return kind + bytes([batch % 256]) * 4000 + batch.to_bytes(4, "big")
@@ -369,7 +364,7 @@ def test_a_writer_killed_at_random_moments_leaves_a_consistent_resumable_run(tmp
     seen, pending = 0, set()
     for kill in range(5):
         child = subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(STORE_SOURCE), str(out), json.dumps(CONFIG)],
+            [sys.executable, "-c", CHILD, "-", str(out), json.dumps(CONFIG)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ready = child.stdout.readline().split()

@@ -1,4 +1,5 @@
-"""nos.train.tasks: every task loads, trains a step and is deterministic; caches; CIFAR-10 readers."""
+"""nos.train.tasks: every task loads, trains a step and is deterministic; caches; CIFAR-10
+readers."""
 
 from __future__ import annotations
 

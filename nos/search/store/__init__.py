@@ -1,13 +1,18 @@
-"""The run store: one SQLite database per run directory."""
+"""The run store: one SQLite database per run directory.
 
-from nos.search.store.store import (
+``schema`` holds the tables and the constant SQL, ``database`` opens a run
+safely (directory, lock, checks, WAL, transactions, the run's config),
+``values`` checks what goes in, and ``store`` is the :class:`Store` itself.
+"""
+
+from nos.search.store.database import (
     ConfigMismatchError,
-    Evaluation,
     NotARunError,
     RunLockedError,
-    Store,
     StoreError,
 )
+from nos.search.store.schema import TRAINED
+from nos.search.store.store import Evaluation, Store
 
-__all__ = ["ConfigMismatchError", "Evaluation", "NotARunError", "RunLockedError", "Store",
-           "StoreError"]
+__all__ = ["TRAINED", "ConfigMismatchError", "Evaluation", "NotARunError", "RunLockedError",
+           "Store", "StoreError"]

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from nos.train.tasks.base import Task, TaskData, cache_dir, check_count, check_fraction, split_indices
+from nos.train.tasks.base import (
+    Task,
+    TaskData,
+    cache_dir,
+    check_count,
+    check_fraction,
+    split_indices,
+)
 
 try:  # numpy >= 2 moved the module; files written by either numpy name either path
     from numpy._core.multiarray import _reconstruct

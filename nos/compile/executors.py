@@ -1,0 +1,260 @@
+"""The executors of a compiled program: one step for a bucket of tensors.
+
+Both read the same program and give bit-identical results, as torch.optim's
+single-tensor and foreach forms do: a readable per-tensor reference
+(:func:`run_reference`) and the multi-tensor path (:func:`run_foreach`, one
+``torch._foreach_*`` call per instruction for all tensors of a bucket).
+Random draws come in the same order for both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from nos.compile.kernels import KERNELS
+from nos.compile.program import NOISE_STD, Instr, Program, Term
+from nos.lang.ops import OPS, linear_decay
+
+# --- scalar instructions -----------------------------------------------------------
+
+_SCALAR_EXTRA: dict[str, Callable[..., float]] = {"ld": linear_decay}
+
+
+def _scalar_fn(op: str) -> Callable[..., float]:
+    return _SCALAR_EXTRA[op] if op in _SCALAR_EXTRA else OPS[op].scalar  # type: ignore[return-value]
+
+
+def scalar_values(program: Program, hyper: dict[str, float], t: int, total: int | None) -> list:
+    env: list = [None] * program.n_slots
+    for slot, value in program.consts.items():
+        env[slot] = value
+    for name, slot in program.inputs.items():
+        if name == "t":
+            env[slot] = float(t)
+        elif name == "T":
+            env[slot] = float(total)  # type: ignore[arg-type]
+        elif name in program.params:
+            env[slot] = float(hyper[name])
+    for ins in program.scalar_code:
+        env[ins.out] = _scalar_fn(ins.op)(*(env[a] for a in ins.args))
+    return env
+
+
+def _coefficient(term: Term, env: list) -> float:
+    c = term.sign
+    for slot, reciprocal in term.factors:
+        c = OPS["div"].scalar(c, env[slot]) if reciprocal else c * env[slot]
+    return c
+
+
+# --- random draws: the same order for both executors -------------------------------
+
+
+def _draw(ins: Instr, env: list, like: list[torch.Tensor], generator) -> list[torch.Tensor]:
+    gen = generator(like[0].device) if like else None
+    if ins.op == "noise":
+        return [torch.randn(p.shape, generator=gen, dtype=p.dtype, device=p.device) * NOISE_STD
+                for p in like]
+    if ins.op == "annealed_noise":
+        std = (1.0 + env[ins.args[0]]) ** -0.275  # variance 1 / (1 + t)^0.55
+        return [torch.randn(p.shape, generator=gen, dtype=p.dtype, device=p.device) * std
+                for p in like]
+    p = env[ins.args[1]]
+    scale = 0.0 if p >= 1 else 1.0 / (1.0 - p)
+    return [(torch.rand(q.shape, generator=gen, dtype=q.dtype, device=q.device) >= p)
+            .to(q.dtype) * scale for q in like]
+
+
+# --- the executors -------------------------------------------------------------------
+
+
+@dataclass
+class Bucket:
+    """One bucket of tensors stepped together: same group, device, dtype and step."""
+
+    params: list[torch.Tensor]
+    grads: list[torch.Tensor]
+    buffers: dict[str, list[torch.Tensor]]  # name -> one tensor per parameter
+    hyper: dict[str, float]
+    lr: float | torch.Tensor  # a tensor lr (one element) is never read on the host
+    t: int
+    total: int | None
+
+
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def _lr_tensor(lr: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A tensor lr as a 0-d tensor on the parameters' device, in the precision the step
+    computes its scalars in (float64 beside float64 parameters, else float32).  A copy to
+    an accelerator does not wait for it (as torch.optim's fused paths copy a tensor lr)."""
+    dtype = torch.promote_types(torch.promote_types(lr.dtype, like.dtype), torch.float32)
+    return lr.to(device=like.device, dtype=dtype,
+                 non_blocking=like.device.type != "cpu").reshape(())
+
+
+def _summed(program: Program, like: torch.Tensor) -> bool:
+    """float16 and bfloat16 parameters take a step of several terms as one sum, rounded
+    once: rounding them after each term would lose what torch (one update) keeps."""
+    return len(program.terms) > 1 and like.dtype in LOW_PRECISION
+
+
+def _scaled(term: Term, args: list, w, alpha: torch.Tensor, foreach: bool):
+    """``alpha * term`` for a 0-d tensor alpha (a tensor lr), as new tensors."""
+    mul = torch._foreach_mul if foreach else torch.mul
+    if term.kind in ("scale", "add"):
+        return mul(w if term.kind == "scale" else args[0], alpha)
+    if term.kind == "addcdiv":
+        out = (torch._foreach_div if foreach else torch.div)(args[0], args[1])
+    else:
+        out = mul(args[0], args[1])
+    if foreach:
+        torch._foreach_mul_(out, alpha)
+        return out
+    return out.mul_(alpha)
+
+
+def _foreach_terms(program: Program, bucket: Bucket, env: list) -> None:
+    """The terms of the step when the plain loop of :func:`run_foreach` does not do: a tensor
+    lr (each coefficient a 0-d tensor on the device, never read on the host), or a sum of
+    terms rounded once (:func:`_summed`)."""
+    params = bucket.params
+    tensor_lr = isinstance(bucket.lr, torch.Tensor)
+    lr = _lr_tensor(bucket.lr, params[0]) if tensor_lr else bucket.lr  # type: ignore[arg-type]
+    summed = _summed(program, params[0])
+    target = [torch.zeros_like(p) for p in params] if summed else params
+    for term in program.terms:
+        c = _coefficient(term, env)
+        alpha = lr * -c if tensor_lr else -lr * c
+        args = [env[a] for a in term.args]
+        if term.kind == "scale" and not summed:
+            torch._foreach_mul_(params, alpha + 1.0)
+        elif term.kind == "scalar":  # the Tensor overload: a 0-d tensor is not a Scalar here
+            (torch.ops.aten._foreach_add_.Tensor if tensor_lr else torch._foreach_add_)(
+                target, alpha)
+        elif tensor_lr:
+            torch._foreach_add_(target, _scaled(term, args, params, alpha, foreach=True))
+        elif term.kind in ("scale", "add"):
+            torch._foreach_add_(target, params if term.kind == "scale" else args[0], alpha=alpha)
+        elif term.kind == "addcdiv":
+            torch._foreach_addcdiv_(target, args[0], args[1], value=alpha)
+        else:
+            torch._foreach_addcmul_(target, args[0], args[1], value=alpha)
+    if summed:
+        torch._foreach_add_(params, target)
+
+
+def _terms(program: Program, p: torch.Tensor, lr: float | torch.Tensor, env: list) -> None:
+    """:func:`_foreach_terms` for one parameter tensor (the same operations)."""
+    tensor_lr = isinstance(lr, torch.Tensor)
+    if tensor_lr:
+        lr = _lr_tensor(lr, p)  # type: ignore[arg-type]
+    summed = _summed(program, p)
+    target = torch.zeros_like(p) if summed else p
+    for term in program.terms:
+        c = _coefficient(term, env)
+        alpha = lr * -c if tensor_lr else -lr * c
+        args = [env[a] for a in term.args]
+        if term.kind == "scale" and not summed:
+            p.mul_(alpha + 1.0)
+        elif term.kind == "scalar":
+            target.add_(alpha)
+        elif tensor_lr:
+            target.add_(_scaled(term, args, p, alpha, foreach=False))  # type: ignore[arg-type]
+        elif term.kind in ("scale", "add"):
+            target.add_(p if term.kind == "scale" else args[0], alpha=alpha)
+        elif term.kind == "addcdiv":
+            target.addcdiv_(args[0], args[1], value=alpha)
+        else:
+            target.addcmul_(args[0], args[1], value=alpha)
+    if summed:
+        p.add_(target)
+
+
+def _inputs(program: Program, env: list, grads, params, buffers) -> None:
+    if "g" in program.inputs:
+        env[program.inputs["g"]] = grads
+    if "w" in program.inputs:
+        env[program.inputs["w"]] = params
+    for name in program.buffers:
+        env[program.inputs[name]] = buffers[name]
+
+
+def run_foreach(program: Program, bucket: Bucket, generator) -> None:
+    """One step for a bucket with one ``torch._foreach_*`` call per instruction."""
+    env = scalar_values(program, bucket.hyper, bucket.t, bucket.total)
+    _inputs(program, env, bucket.grads, bucket.params,
+            {name: list(bucket.buffers[name]) for name in program.buffers})
+    for ins in program.tensor_code:
+        args = [env[a] for a in ins.args]
+        if ins.op == "fill":
+            env[ins.out] = [torch.full_like(p, args[0]) for p in bucket.params]
+        elif ins.random and ins.op != "drop":
+            env[ins.out] = _draw(ins, env, bucket.params, generator)
+        else:
+            if ins.op == "drop":
+                args[1] = _draw(ins, env, bucket.params, generator)
+            kernel = KERNELS[ins.op]
+            env[ins.out] = (kernel.foreach_ if ins.inplace else kernel.foreach)(*args)
+    for name, slot in program.state_out.items():
+        value = env[slot]
+        bucket.buffers[name][:] = [v.clone() for v in value] if name in program.copied else value
+    if isinstance(bucket.lr, torch.Tensor) or _summed(program, bucket.params[0]):
+        _foreach_terms(program, bucket, env)
+        return
+    for term in program.terms:  # the plain case: each term folded into the parameters
+        alpha = -bucket.lr * _coefficient(term, env)
+        args = [env[a] for a in term.args]
+        if term.kind == "scale":
+            torch._foreach_mul_(bucket.params, 1.0 + alpha)
+        elif term.kind == "add":
+            torch._foreach_add_(bucket.params, args[0], alpha=alpha)
+        elif term.kind == "addcdiv":
+            torch._foreach_addcdiv_(bucket.params, args[0], args[1], value=alpha)
+        elif term.kind == "addcmul":
+            torch._foreach_addcmul_(bucket.params, args[0], args[1], value=alpha)
+        else:
+            torch._foreach_add_(bucket.params, alpha)
+
+
+def run_reference(program: Program, bucket: Bucket, generator) -> None:
+    """The same step, one parameter tensor at a time: the readable reference."""
+    scalars = scalar_values(program, bucket.hyper, bucket.t, bucket.total)
+    draws = {ins.out: _draw(ins, scalars, bucket.params, generator)
+             for ins in program.tensor_code if ins.random}
+    for i, (p, g) in enumerate(zip(bucket.params, bucket.grads, strict=False)):
+        env = list(scalars)
+        _inputs(program, env, g, p, {name: bucket.buffers[name][i] for name in program.buffers})
+        for ins in program.tensor_code:
+            args = [env[a] for a in ins.args]
+            if ins.op == "fill":
+                env[ins.out] = torch.full_like(p, args[0])
+            elif ins.random and ins.op != "drop":
+                env[ins.out] = draws[ins.out][i]
+            else:
+                if ins.op == "drop":
+                    args[1] = draws[ins.out][i]
+                kernel = KERNELS[ins.op]
+                env[ins.out] = (kernel.tensor_ if ins.inplace else kernel.tensor)(*args)
+        for name, slot in program.state_out.items():
+            value = env[slot]
+            bucket.buffers[name][i] = value.clone() if name in program.copied else value
+        if isinstance(bucket.lr, torch.Tensor) or _summed(program, p):
+            _terms(program, p, bucket.lr, env)
+            continue
+        for term in program.terms:
+            alpha = -bucket.lr * _coefficient(term, env)
+            args = [env[a] for a in term.args]
+            if term.kind == "scale":
+                p.mul_(1.0 + alpha)
+            elif term.kind == "add":
+                p.add_(args[0], alpha=alpha)
+            elif term.kind == "addcdiv":
+                p.addcdiv_(args[0], args[1], value=alpha)
+            elif term.kind == "addcmul":
+                p.addcmul_(args[0], args[1], value=alpha)
+            else:
+                p.add_(alpha)

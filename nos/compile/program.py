@@ -1,0 +1,196 @@
+"""The program a rule compiles to: straight-line instructions over numbered slots.
+
+A slot holds a *constant* (folded at compile time), a *scalar* (numbers,
+params, t, T and the schedules: computed once per step on Python floats) or a
+*tensor* (computed element-wise).  :class:`ProgramBuilder` emits instructions,
+folding constants, simplifying ``x + 0``-like forms and computing identical
+subexpressions once; :mod:`nos.compile.passes` then rewrites the tensor code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from nos.lang.ops import OPS
+from nos.lang.rule import Rule
+from nos.lang.tree import Node, Statement
+
+CONST, SCALAR, TENSOR = "const", "scalar", "tensor"
+NOISE_STD = 0.1  # noise ~ N(0, 0.01): variance 0.01
+
+
+class RuleCompileError(ValueError):
+    """A rule that parses but cannot be compiled (e.g. a random drop probability)."""
+
+
+@dataclass(frozen=True)
+class Instr:
+    op: str  # a KERNELS name, "fill", "noise", "annealed_noise", or a scalar op
+    args: tuple[int, ...]
+    out: int
+    kind: str  # SCALAR or TENSOR
+    random: bool = False
+    inplace: bool = False  # overwrite args[0]'s tensors instead of making new ones
+
+
+@dataclass(frozen=True)
+class Term:
+    """One part of the step: ``params -= lr * coefficient * f(args)``.
+
+    ``kind`` is ``add`` (x), ``addcdiv`` (x / y), ``addcmul`` (x * y), ``scale`` (the
+    parameter itself, applied first as ``params *= 1 - lr * c``) or ``scalar`` (1).
+    The coefficient is ``sign`` times the product of the factor slots
+    (divided by those marked reciprocal).
+    """
+
+    kind: str
+    args: tuple[int, ...]
+    sign: float = 1.0
+    factors: tuple[tuple[int, bool], ...] = ()
+
+
+@dataclass
+class Program:
+    """The compiled rule: read by both executors."""
+
+    rule: Rule
+    n_slots: int
+    consts: dict[int, float]
+    inputs: dict[str, int]  # g, w, t, T, params, and each buffer's old value
+    scalar_code: list[Instr]
+    tensor_code: list[Instr]
+    state_out: dict[str, int]  # buffer name -> slot of its new value
+    update: int
+    terms: list[Term]
+    kinds: list[str]
+    params: dict[str, Statement]  # the params the live code reads
+    buffers: tuple[str, ...]
+    needs_total_steps: bool
+    random: bool
+    copied: frozenset[str] = frozenset()  # buffers whose new value needs its own copy
+
+    @property
+    def instructions(self) -> int:
+        return len(self.scalar_code) + len(self.tensor_code)
+
+
+class ProgramBuilder:
+    """Builds a program's slots and instructions, folding constants and sharing repeats."""
+
+    def __init__(self, zeros: frozenset[str]) -> None:
+        self.zeros = zeros
+        self.kinds: list[str] = []
+        self.consts: dict[int, float] = {}
+        self.inputs: dict[str, int] = {}
+        self.scalar_code: list[Instr] = []
+        self.tensor_code: list[Instr] = []
+        self.memo: dict[tuple, int] = {}
+        self.env: dict[str, int] = {}
+
+    def slot(self, kind: str) -> int:
+        self.kinds.append(kind)
+        return len(self.kinds) - 1
+
+    def const(self, value: float) -> int:
+        key = ("const", value, math.copysign(1.0, value), value != value)
+        if key not in self.memo:
+            s = self.slot(CONST)
+            self.consts[s] = value
+            self.memo[key] = s
+        return self.memo[key]
+
+    def input(self, name: str, kind: str) -> int:
+        if name not in self.inputs:
+            self.inputs[name] = self.slot(kind)
+        return self.inputs[name]
+
+    def value(self, slot: int) -> float | None:
+        return self.consts.get(slot)
+
+    def simplify(self, op: str, args: tuple[int, ...]) -> int | None:
+        """x+0, x-0, x*1, x/1, x^1 are x; w*0 is 0 (the parameter is finite, while any other
+        value may be inf or nan, whose product with 0 is nan)."""
+        if op == "pow" and self.value(args[1]) == 2.0 and self.kinds[args[0]] == TENSOR:
+            return self.emit("mul", (args[0], args[0]))
+        if len(args) != 2:
+            return None
+        a, b = args
+        va, vb = self.value(a), self.value(b)
+        if op in ("add", "sub") and vb == 0.0:
+            return a
+        if op == "add" and va == 0.0:
+            return b
+        if op == "sub" and va == 0.0:
+            return self.emit("neg", (b,))
+        if op in ("mul", "div", "pow") and vb == 1.0:
+            return a
+        if op == "mul" and va == 1.0:
+            return b
+        if op == "mul" and (va == 0.0 or vb == 0.0) and self.inputs.get("w") in (a, b):
+            return self.const(0.0)
+        return None
+
+    def emit(self, op: str, args: tuple[int, ...], kind: str | None = None,
+             random: bool = False) -> int:
+        arg_kinds = [self.kinds[a] for a in args]
+        if kind is None:
+            kind = TENSOR if TENSOR in arg_kinds else SCALAR
+            if kind == SCALAR and all(k == CONST for k in arg_kinds) and not random:
+                return self.const(OPS[op].scalar(*(self.consts[a] for a in args)))
+            simpler = self.simplify(op, args)
+            if simpler is not None:
+                return simpler
+        key = (op, args)
+        if not random and key in self.memo:
+            return self.memo[key]
+        out = self.slot(kind)
+        code = self.tensor_code if kind == TENSOR else self.scalar_code
+        code.append(Instr(op, args, out, kind, random))
+        if not random:
+            self.memo[key] = out
+        return out
+
+    def expr(self, node: Node) -> int:
+        if node.op == "num":
+            return self.const(float(node.value))  # type: ignore[arg-type]
+        if node.op == "name":
+            return self.name(str(node.value))
+        args = tuple(self.expr(a) for a in node.args)
+        op = OPS[node.op]
+        for i in op.constant_args:
+            if self.kinds[args[i]] == TENSOR:
+                raise RuleCompileError(
+                    f"argument {i + 1} of {op.signature} must not depend on tensors "
+                    f"(line {node.line})"
+                )
+        if op.schedule:
+            return self.emit(node.op, args + (self.input("t", SCALAR), self.input("T", SCALAR)),
+                             kind=SCALAR)
+        if op.random:
+            return self.emit(node.op, (self.tensorize(args[0]), args[1]), kind=TENSOR,
+                             random=True)
+        return self.emit(node.op, args)
+
+    def tensorize(self, slot: int) -> int:
+        """A tensor slot for a value that may be a scalar (broadcast to the parameter)."""
+        if self.kinds[slot] == TENSOR:
+            return slot
+        return self.emit("fill", (slot,), kind=TENSOR)
+
+    def name(self, word: str) -> int:
+        if word in self.env:
+            return self.env[word]
+        if word in ("g", "w"):
+            return self.input(word, TENSOR)
+        if word in ("t", "T"):
+            return self.input(word, SCALAR)
+        if word == "ld":
+            return self.emit("ld", (self.input("t", SCALAR), self.input("T", SCALAR)),
+                             kind=SCALAR)
+        if word == "noise":
+            return self.emit("noise", (), kind=TENSOR, random=True)
+        if word == "annealed_noise":
+            return self.emit("annealed_noise", (self.input("t", SCALAR),), kind=TENSOR,
+                             random=True)
+        raise RuleCompileError(f"'{word}' has no value here")  # parse() prevents this

@@ -1,0 +1,109 @@
+"""The rule's tree: one immutable node class and the statements.
+
+A rule is a straight-line program evaluated element-wise for each parameter
+tensor; the parameter step is always ``w <- w - lr * update``.  The tree
+keeps source positions for error messages, but they take no part in
+equality or hashing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Union
+
+Value = Union[float, str, None]  # noqa: UP007 - a runtime alias, not an annotation
+
+# Names every rule may read without defining them.
+PRIMITIVES: dict[str, str] = {
+    "g": "the gradient",
+    "w": "the parameter's value",
+    "t": "the step number, 1 at the first step",
+    "T": "the total number of steps (needs total_steps)",
+    "noise": "fresh N(0, 0.01) samples each step (standard deviation 0.1)",
+    "annealed_noise": "fresh N(0, 1/(1+t)^0.55) samples each step",
+    "ld": "linear decay max(0, (T - s) / T), s = t - 1 clamped to T",
+}
+RANDOM_PRIMITIVES = frozenset({"noise", "annealed_noise"})
+SCHEDULE_NAMES = frozenset({"T", "ld", "cd", "rd"})
+
+
+@dataclass(frozen=True)
+class Node:
+    """One expression node: ``op`` names the operation, ``args`` its operands.
+
+    ``op`` is ``"num"`` (``value`` is the float), ``"name"`` (``value`` is the
+    name), an operator (``add sub mul div pow neg``) or a function (``exp``,
+    ``clip``, ...) whose meaning lives in :data:`nos.lang.ops.OPS`.
+    """
+
+    op: str
+    args: tuple[Node, ...] = ()
+    value: Value = None
+    line: int = field(default=0, compare=False, repr=False)
+    column: int = field(default=0, compare=False, repr=False)
+    depth: int = field(default=1, compare=False, repr=False)
+
+    def walk(self) -> Iterator[Node]:
+        """Every node of the subtree, parents before children (no recursion)."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.args))
+
+    def names(self) -> set[str]:
+        return {n.value for n in self.walk() if n.op == "name"}  # type: ignore[misc]
+
+    def calls(self) -> set[str]:
+        return {n.op for n in self.walk() if n.op not in ("num", "name")}
+
+
+def num(value: float) -> Node:
+    return Node("num", value=float(value))
+
+
+def name(value: str) -> Node:
+    return Node("name", value=value)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The valid range of a param: ``[lo, hi)`` and friends."""
+
+    lo: float
+    hi: float
+    lo_closed: bool = True
+    hi_closed: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        above = x >= self.lo if self.lo_closed else x > self.lo
+        below = x <= self.hi if self.hi_closed else x < self.hi
+        return above and below
+
+
+@dataclass(frozen=True)
+class Statement:
+    """``param NAME = default [in bounds]``, ``state``/``let NAME = expr``, or ``update = expr``."""
+
+    kind: str  # "param" | "state" | "let" | "update"
+    name: str
+    expr: Node | None = None  # None for a param
+    default: float | None = None  # params only
+    bounds: Bounds | None = None  # params only
+    line: int = field(default=0, compare=False, repr=False)
+    column: int = field(default=0, compare=False, repr=False)
+
+
+def update_of(statements: tuple[Statement, ...]) -> Node:
+    """The expression of the ``update`` statement."""
+    return next(s.expr for s in statements if s.kind == "update")  # type: ignore[return-value]
+
+
+def names_read(statements: tuple[Statement, ...]) -> frozenset[str]:
+    """Every name the statements' expressions read."""
+    used: set[str] = set()
+    for s in statements:
+        if s.expr is not None:
+            used |= s.expr.names()
+    return frozenset(used)

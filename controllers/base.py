@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -74,10 +75,14 @@ class Controller(abc.ABC):
         for reward in rewards:
             if not math.isfinite(reward):
                 raise ValueError(f"tell: rewards must be finite, got {reward}")
-        tokens = [self.space.validate(p.tokens) for p in proposals]
-        stats = self._learn(tokens, rewards) if tokens else {}
-        self.told += len(tokens)
+        keys = [self._key(p) for p in proposals]
+        stats = self._learn(keys, rewards) if keys else {}
+        self.told += len(keys)
         return {"told": self.told, **stats}
+
+    def _key(self, proposal: Proposal):
+        """What ``_learn`` receives for a told proposal: its valid tokens."""
+        return self.space.validate(proposal.tokens)
 
     def _proposal(self, tokens: Sequence[int]) -> Proposal:
         tokens = self.space.validate(tokens)
@@ -190,3 +195,18 @@ def make_controller(name: str, space: Space, seed: int = 0, **settings: Any) -> 
         listed = ", ".join(repr(n) for n in _REGISTRY)
         raise ValueError(f"unknown controller {name!r}; allowed: {listed}")
     return _REGISTRY[name](space, seed=seed, **settings)
+
+
+def age_population(population: deque, best: tuple | None, members, size: int
+                   ) -> tuple[tuple | None, dict]:
+    """Regularized evolution's population: each (key, reward) joins and the oldest leave
+    past ``size``, however good; returns the best ever told and the stats of a tell."""
+    for member in members:
+        population.append(member)
+        if len(population) > size:
+            population.popleft()
+        if best is None or member[1] > best[1]:
+            best = member
+    rewards = [r for _, r in population]
+    return best, {"population": len(population), "population_mean": sum(rewards) / len(rewards),
+                  "population_best": max(rewards), "best_reward": best[1]}  # type: ignore[index]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Controller, check_number, register
+from .base import Controller, age_population, check_number, register
 
 
 @dataclass(frozen=True)
@@ -95,19 +95,10 @@ class Evolution(Controller):
         return tuple(child)
 
     def _learn(self, tokens: list[tuple[int, ...]], rewards: list[float]) -> dict:
-        for member in zip(tokens, rewards, strict=True):
-            self.population.append(member)
-            if len(self.population) > self.config.population:
-                self.population.popleft()
-            if self.best is None or member[1] > self.best[1]:
-                self.best = member
-        population_rewards = [r for _, r in self.population]
-        return {
-            "population": len(self.population),
-            "population_mean": float(np.mean(population_rewards)),
-            "population_best": max(population_rewards),
-            "best_reward": self.best[1],
-        }
+        self.best, stats = age_population(self.population, self.best, zip(tokens, rewards,
+                                                                   strict=True),
+                                          self.config.population)
+        return stats
 
     def _state(self) -> dict:
         return {

@@ -61,7 +61,7 @@ from nos.optim.baselines import baselines
 from nos.search.fingerprint import Fingerprint, fingerprint
 from nos.search.space import Space
 
-from .base import Controller, Proposal, check_number
+from .base import Controller, Proposal, age_population, check_number
 
 # --- the vocabulary of mutations -------------------------------------------------------
 
@@ -675,19 +675,9 @@ class ProgramEvolution(Controller):
 
     # --- learning -----------------------------------------------------------------------
 
-    def tell(self, proposals: Sequence[Proposal], rewards: Sequence[float]) -> dict:
-        """Learn from rewards of proposals; a proposal's text is parsed (tokens ignored)."""
-        proposals = list(proposals)
-        rewards = [float(r) for r in rewards]
-        if len(proposals) != len(rewards):
-            raise ValueError(f"tell: {len(proposals)} proposals but {len(rewards)} rewards")
-        for reward in rewards:
-            if not math.isfinite(reward):
-                raise ValueError(f"tell: rewards must be finite, got {reward}")
-        texts = [self._canonical(p.text) for p in proposals]
-        stats = self._learn(texts, rewards) if texts else {}  # type: ignore[arg-type]
-        self.told += len(texts)
-        return {"told": self.told, **stats}
+    def _key(self, proposal: Proposal) -> str:  # type: ignore[override]
+        """A told proposal's canonical text (its tokens are empty)."""
+        return self._canonical(proposal.text)
 
     @staticmethod
     def _canonical(text: str) -> str:
@@ -697,19 +687,10 @@ class ProgramEvolution(Controller):
             raise ValueError(f"tell: a proposal's text is not a rule: {err}") from None
 
     def _learn(self, texts: list[str], rewards: list[float]) -> dict:  # type: ignore[override]
-        for member in zip(texts, rewards, strict=True):
-            self.population.append(member)
-            if len(self.population) > self.config.population:
-                self.population.popleft()
-            if self.best is None or member[1] > self.best[1]:
-                self.best = member
-        population_rewards = [r for _, r in self.population]
-        return {
-            "population": len(self.population),
-            "population_mean": float(np.mean(population_rewards)),
-            "population_best": max(population_rewards),
-            "best_reward": self.best[1],  # type: ignore[index]
-        }
+        self.best, stats = age_population(self.population, self.best, zip(texts, rewards,
+                                                                   strict=True),
+                                          self.config.population)
+        return stats
 
     # --- checkpoints --------------------------------------------------------------------
 

@@ -714,8 +714,9 @@ ALL_EXECUTORS = {**EXECUTORS, "fused": {"fused": True}}
 
 def _check_rule(text: str, hyper: dict[str, float] | None = None, lr: float = 0.1,
                 fused: bool = False) -> None:
-    """The rule agrees with the interpreter on every executor (fused on request: slow)."""
-    case = Case(text, (GroupSpec(lr, hyper or {}), GroupSpec(lr / 2, {})), 4, seed=1)
+    """The rule agrees with the interpreter on every executor (fused on request: slow), on
+    data (seed 5) where the interpreter's reference is stable for every rule here."""
+    case = Case(text, (GroupSpec(lr, hyper or {}), GroupSpec(lr / 2, {})), 4, seed=5)
     data = Data.make(case.seed)
     problem = unstable(case, data, run_interpreter(case, data))
     assert problem is None, f"not a usable regression rule: {problem}"

@@ -4,7 +4,8 @@
 code it shares with the package) with NumPy, one statement at a time, with the meaning
 the README and the ops table give each construct.  This module generates random rules as
 text, steps them 10 times through each executor -- the multi-tensor default
-(``foreach=True``), the per-tensor reference (``foreach=False``) and, on a sample, the
+(``foreach=True``), the per-tensor reference (``foreach=False``), the default again
+resumed halfway from a saved ``state_dict`` in a new optimizer, and, on a sample, the
 ``torch.compile`` path (``fused=True``) -- and compares the parameters after every step
 and the buffers at the end with the interpreter's.
 
@@ -143,6 +144,7 @@ Bugs the generator found (each has a regression test below, a small explicit rul
 from __future__ import annotations
 
 import functools
+import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -513,13 +515,17 @@ def _optimizer(case: Case, tensors: list[torch.Tensor], **kwargs) -> nos.Optimiz
     return nos.Optimizer(groups, case.rule, total_steps=case.total_steps, **defaults, **kwargs)
 
 
-def run_optimizer(case: Case, data: Data, **kwargs) -> Trace:
-    """Step nos.Optimizer on the four tensors in two groups and record every step."""
+def run_optimizer(case: Case, data: Data, resume: bool = False, **kwargs) -> Trace:
+    """Step nos.Optimizer on the four tensors in two groups and record every step; with
+    resume, halfway through, a new optimizer continues from the old one's state_dict
+    (saved and loaded with torch.save and torch.load, as a checkpoint)."""
     tensors, base = _tensors(data)
     before = base.clone()
     opt = _optimizer(case, tensors, **kwargs)
     steps = []
     for k, (grads, active) in enumerate(zip(data.grads, data.active)):
+        if resume and k == STEPS // 2:
+            opt = _resumed(opt, case, tensors, **kwargs)
         _schedule(case, opt.param_groups, k)
         given = [_grad(g, p) if on else None for g, p, on in zip(grads, tensors, active)]
         for p, g in zip(tensors, given):
@@ -535,9 +541,20 @@ def run_optimizer(case: Case, data: Data, **kwargs) -> Trace:
     _view(outside).fill_(False)
     assert torch.equal(base[outside], before[outside]), "the step wrote outside the view"
     buffers = {}
-    for name in opt.program.buffers:
-        buffers[name] = _flat(opt.state[p][name].numpy() for p in tensors)
+    for name in opt.program.buffers:  # a tensor never stepped has no state: its buffers are 0
+        buffers[name] = _flat(opt.state[p].get(name, torch.zeros_like(p)).numpy()
+                              for p in tensors)
     return Trace(steps, buffers)
+
+
+def _resumed(opt: nos.Optimizer, case: Case, tensors: list[torch.Tensor],
+             **kwargs) -> nos.Optimizer:
+    checkpoint = io.BytesIO()
+    torch.save(opt.state_dict(), checkpoint)
+    checkpoint.seek(0)
+    fresh = _optimizer(case, tensors, **kwargs)
+    fresh.load_state_dict(torch.load(checkpoint, weights_only=True))
+    return fresh
 
 
 def _schedule(case: Case, groups: list[dict], k: int) -> None:
@@ -654,6 +671,8 @@ def unstable(case: Case, data: Data, expected: Trace) -> str | None:
 
 
 EXECUTORS = {"foreach": {"foreach": True}, "reference": {"foreach": False}}
+# and the default path again, through a checkpoint halfway (run_optimizer's resume)
+RUNS = {**EXECUTORS, "foreach, resumed from a state_dict halfway": {"resume": True}}
 
 
 def check_case(case: Case, executors: dict[str, dict]) -> None:
@@ -690,12 +709,12 @@ def _run(count: int, derandomize: bool, strategy: st.SearchStrategy[Case],
 
 
 def test_executors_agree_with_the_interpreter() -> None:
-    _run(EXAMPLES, True, cases(), EXECUTORS)
+    _run(EXAMPLES, True, cases(), RUNS)
 
 
 @pytest.mark.slow
 def test_executors_agree_with_the_interpreter_at_length() -> None:
-    _run(SLOW_EXAMPLES, False, cases(), EXECUTORS)
+    _run(SLOW_EXAMPLES, False, cases(), RUNS)
 
 
 @pytest.mark.parametrize("count,derandomize", [

@@ -170,26 +170,6 @@ def _toml(config: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("fault", DRIVER_POINTS)
-def test_the_driver_killed_at_any_moment_resumes_to_the_budget(cluster, tmp_path, fault):
-    config = make_config(search={"controller": "rnn", "budget": 9, "batch": 3})
-    path = tmp_path / "run.toml"
-    path.write_text(_toml(config))
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "nos.cli", "search", "--config", str(path), "--out",
-               str(out), "--address", cluster, "--quiet"]
-    env = {**os.environ, "NOS_FAULTS": fault}
-    crashed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr
-    rows = check_run(out, 9)
-    assert len({r.id for r in rows}) == 9
-    with Store.open(out) as store:
-        batch, told, _ = store.latest_checkpoint()
-    assert (batch, told) == (2, 9)
-
-
 # --- a resumed search continues exactly ------------------------------------------------
 
 EXACT_BUDGET = 12
@@ -244,17 +224,20 @@ def _reference(cluster: str, tmp_path_factory, controller: str) -> tuple[list[tu
     return _REFERENCE[controller]
 
 
-EXACT_CASES = [(controller, fault) for controller in ("rnn", "evolution", "random")
-               for fault in DRIVER_POINTS]
+# The rnn (the stateful controller: RNG, policy and optimizer) at every moment in
+# `make test`; the stateless-by-comparison evolution and random behind the slow mark.
+EXACT_CASES = [pytest.param(controller, fault, id=f"{controller}-{fault}",
+                            marks=() if controller == "rnn" else pytest.mark.slow)
+               for controller in ("rnn", "evolution", "random") for fault in DRIVER_POINTS]
 
 
-@pytest.mark.parametrize("controller,fault", EXACT_CASES,
-                         ids=[f"{c}-{f}" for c, f in EXACT_CASES])
+@pytest.mark.parametrize("controller,fault", EXACT_CASES)
 def test_a_killed_and_resumed_search_records_what_an_unkilled_one_does(
         cluster, tmp_path, tmp_path_factory, controller, fault):
     """One worker, a fixed seed: killed at any of the five moments and resumed, the run
     records the same rules under the same ids, with the same results, and its controller
-    ends in the same state (the RNG and the REINFORCE updates included)."""
+    ends in the same state (the RNG and the REINFORCE updates included); its database is
+    intact, every id once, the last checkpoint has told the whole budget."""
     rows, state = _reference(cluster, tmp_path_factory, controller)
     crashed = _driver(cluster, tmp_path, _exact_config(controller), fault)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr

@@ -1,6 +1,6 @@
 """Differential tests: every executor of nos against a plain interpreter of the language.
 
-``tests/interpreter.py`` walks the parsed rule (``nos.parse(text).expanded()``, the only
+``tests/compile/interpreter.py`` walks the parsed rule (``nos.parse(text).expanded()``, the only
 code it shares with the package) with NumPy, one statement at a time, with the meaning
 the README and the ops table give each construct.  This module generates random rules as
 text, steps them 10 times through each executor -- the multi-tensor default
@@ -160,7 +160,7 @@ from hypothesis import strategies as st
 
 import nos
 from nos.lang.rule import Rule
-from tests.interpreter import Interpreter
+from tests.compile.interpreter import Interpreter
 
 STEPS = 10
 TOLERANCE = 1e-12  # executors against the interpreter

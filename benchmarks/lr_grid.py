@@ -18,7 +18,7 @@ import time
 import torch
 
 from nos.optim.optimizer import resolve
-from nos.train.evaluation import DEFAULT_LR_GRID, EvalResult, _search_lr, _train
+from nos.train.evaluation import DEFAULT_LR_GRID, EvalResult, search_lr, train_child
 from nos.train.tasks import get_task
 
 
@@ -40,12 +40,12 @@ def main() -> None:
     picked = {}
     for _ in range(args.repeats):
         start = time.perf_counter()
-        _train(rule, task, data, lr=1e-3, epochs=args.grid_epochs, **common)
+        train_child(rule, task, data, lr=1e-3, epochs=args.grid_epochs, **common)
         times["single"].append(time.perf_counter() - start)
         for mode in ("sequential", "batched"):
             result = EvalResult(rule=str(rule), task=task.name, status="ok", reward=0.0)
             start = time.perf_counter()
-            picked[mode] = _search_lr(rule, task, data, DEFAULT_LR_GRID, args.grid_epochs,
+            picked[mode] = search_lr(rule, task, data, DEFAULT_LR_GRID, args.grid_epochs,
                                       result, 0.0, common, batched=mode == "batched")
             times[mode].append(time.perf_counter() - start)
     single = statistics.median(times["single"])

@@ -118,6 +118,17 @@ def test_no_private_name_is_imported_from_another_module():
     assert not bad, "\n".join(bad)
 
 
+def test_scripts_import_no_private_name_of_the_package():
+    bad = []
+    for path in sorted((ROOT / "benchmarks").glob("*.py")) + sorted(
+            (ROOT / "experiments").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("nos"):
+                bad += [f"{path.name}:{node.lineno} {alias.name}" for alias in node.names
+                        if alias.name.startswith("_")]
+    assert not bad, bad
+
+
 def test_no_module_is_named_like_a_standard_library_module():
     stdlib = set(sys.stdlib_module_names)
     bad = [m for m in MODULES if m.rsplit(".", 1)[-1] in stdlib]

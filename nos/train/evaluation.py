@@ -91,7 +91,7 @@ def _accuracy_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: t
     return correct / max(count, 1), loss_sum / max(count, 1), torch.cat(probs)
 
 
-def _train(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, seed: int,
+def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, seed: int,
            batch_size: int, device: torch.device, deadline: float, schedule: Any = None,
            snapshots: int = 0, explode: float = 20.0, progress: bool = False) -> _Run:
     torch.manual_seed(seed)
@@ -168,7 +168,7 @@ def _progress(total: int, name: str):
 def _attempt(rule: Rule, task: Task, data: TaskData, result: EvalResult, **kwargs) -> _Run | None:
     """One training run; failures are written into result instead of raised."""
     try:
-        return _train(rule, task, data, **kwargs)
+        return train_child(rule, task, data, **kwargs)
     except _Stop as stop:
         result.status, result.error = stop.status, str(stop)
     except (RuleSyntaxError, RuleCompileError, ValueError) as err:
@@ -248,7 +248,7 @@ def evaluate(
     common = dict(seed=seed, batch_size=batch_size, device=device,
                   deadline=deadline, progress=progress)
     if lr is None:
-        lr = _search_lr(parsed, task_obj, data, grid, grid_epochs, result, floor, common,
+        lr = search_lr(parsed, task_obj, data, grid, grid_epochs, result, floor, common,
                         batched=device.type == "cuda" if batched_grid is None else batched_grid)
         if lr is None:
             result.seconds = time.monotonic() - start
@@ -264,7 +264,7 @@ def evaluate(
     return result
 
 
-def _search_lr(rule: Rule, task: Task, data: TaskData, grid: Sequence[float], grid_epochs: float,
+def search_lr(rule: Rule, task: Task, data: TaskData, grid: Sequence[float], grid_epochs: float,
                result: EvalResult, floor: float, common: dict, batched: bool = True
                ) -> float | None:
     """The paper's way: a short run at each rate; the best validation accuracy wins."""

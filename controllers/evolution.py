@@ -95,8 +95,8 @@ class Evolution(Controller):
         return tuple(child)
 
     def _learn(self, tokens: list[tuple[int, ...]], rewards: list[float]) -> dict:
-        self.best, stats = age_population(self.population, self.best, zip(tokens, rewards,
-                                                                   strict=True),
+        members = zip(tokens, rewards, strict=True)
+        self.best, stats = age_population(self.population, self.best, members,
                                           self.config.population)
         return stats
 

@@ -687,8 +687,8 @@ class ProgramEvolution(Controller):
             raise ValueError(f"tell: a proposal's text is not a rule: {err}") from None
 
     def _learn(self, texts: list[str], rewards: list[float]) -> dict:  # type: ignore[override]
-        self.best, stats = age_population(self.population, self.best, zip(texts, rewards,
-                                                                   strict=True),
+        members = zip(texts, rewards, strict=True)
+        self.best, stats = age_population(self.population, self.best, members,
                                           self.config.population)
         return stats
 

@@ -551,24 +551,18 @@ def resolve_rule(source: str) -> Rule:
 
 
 @dataclass(frozen=True)
-class ProgramConfig:
-    """Settings of the program search.
+class ProgramConfig(Vocabulary):
+    """Settings of the program search: the knobs of :class:`Vocabulary` (flat, as a
+    config's ``[controller]`` table gives them) and the search's own.
 
     ``start``: names of named rules or rule texts to start from; ``max_tries``:
-    mutations tried for a child that behaves differently from its parent; the
-    other knobs are those of :class:`Vocabulary`.
+    mutations tried for a child that behaves differently from its parent.
     """
 
     population: int = 20
     sample_size: int = 5
     start: tuple[str, ...] = ("adamw", "momentum")
     max_tries: int = 20
-    primitives: tuple[str, ...] = DEFAULT_PRIMITIVES
-    functions: tuple[str, ...] = DEFAULT_FUNCTIONS
-    prelude: bool = True
-    max_statements: int = 12
-    max_nodes: int = 64
-    depth: int = 2
 
     def __post_init__(self) -> None:
         owner = "controller 'program'"
@@ -598,8 +592,7 @@ class ProgramConfig:
             raise ValueError(f"{owner}: {err}") from None
 
     def vocabulary(self) -> Vocabulary:
-        return Vocabulary(self.primitives, self.functions, self.prelude, self.max_statements,
-                          self.max_nodes, self.depth)
+        return Vocabulary(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Vocabulary)})
 
 
 @functools.lru_cache(maxsize=4096)

@@ -8,6 +8,8 @@ A config file has these tables (every key optional; defaults below):
     [space]       units, operands, unary, binary, decay_operands, annealed_noise
     [controller]  the chosen controller's settings
     [workers]     count, num_cpus, num_gpus, max_attempts, threads
+    [funnel]      baselines, stages (optional: see nos.search.funnel)
+    [stopping]    loss_steps, median, margin, min_results (optional: early stopping)
 
 The ``[evaluation]`` values are checked by ``nos.train.settings`` (as ``nos.evaluate``
 and ``nos eval`` check them); ``schedule`` is a name, ``"NAME:key=value,..."`` or
@@ -58,6 +60,7 @@ TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "workers": {"count": (int,), "num_cpus": (int, float), "num_gpus": (int, float),
                 "max_attempts": (int,), "threads": (int,)},
 }
+OPTIONAL = ("funnel", "stopping")  # tables that are in a config only when given
 RUNTIME_ONLY = {("workers", "count")}  # may change between a run and its resume
 
 
@@ -75,14 +78,15 @@ def validate(data: dict, source: str = "config") -> dict:
     """Defaults filled in and every fixed key type-checked; returns a new dict."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a table at the top level")
-    unknown = sorted(set(data) - set(DEFAULTS))
+    unknown = sorted(set(data) - set(DEFAULTS) - set(OPTIONAL))
     if unknown:
         raise ConfigError(f"{source}: unknown table [{unknown[0]}]; "
-                          f"allowed: {', '.join(f'[{t}]' for t in DEFAULTS)}")
+                          f"allowed: {', '.join(f'[{t}]' for t in (*DEFAULTS, *OPTIONAL))}")
     config = copy.deepcopy(DEFAULTS)
     for table, values in data.items():
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: [{table}] must be a table")
+        config.setdefault(table, {})
         types = TYPES.get(table)
         for key, value in values.items():
             if types is not None:
@@ -96,7 +100,20 @@ def validate(data: dict, source: str = "config") -> dict:
                                       f"{_type_name(types[key])}, got {value!r}")
             config[table][key] = value
     _check_values(config, source)
+    _check_optional(config, source)
     return config
+
+
+def _check_optional(config: dict, source: str) -> None:
+    from nos.search.funnel import FunnelConfigError, parse_funnel, parse_stopping
+
+    try:
+        if "funnel" in config:
+            parse_funnel(config["funnel"], config, source)
+        if "stopping" in config:
+            parse_stopping(config["stopping"], source)
+    except FunnelConfigError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _check_values(config: dict, source: str) -> None:

@@ -11,6 +11,13 @@ asked again), pending evaluations are run again, and the run stops at the same
 budget with nothing lost or recorded twice: with one worker, the same rules in
 the same order as a run never stopped.
 
+With a ``[funnel]`` table the best rules and the named baselines are trained
+again at growing fidelity while the search goes on (:mod:`nos.search.funnel`):
+each promotion's trainings are stored ``pending`` before they are dispatched,
+go ahead of the search's own evaluations, and a resumed run dispatches the
+pending ones again and promotes from what the store holds, so a run killed
+mid-stage loses nothing and trains nothing twice.
+
 A Python exception raised by an evaluation (a bug in a child network) is
 recorded ``failed`` at once, with its message, and the worker goes on; only a
 worker that died (its process or its node) is replaced and its evaluation
@@ -25,6 +32,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,6 +41,7 @@ from nos.lang.parser import RuleSyntaxError
 from nos.lang.rule import parse
 from nos.search import config as cfg
 from nos.search import faults
+from nos.search import funnel as fn
 from nos.search.space import Space, SpaceConfig
 from nos.search.store import Evaluation, Store
 
@@ -62,6 +71,18 @@ def _raised_in_task(err: Exception) -> bool:
 
     return (isinstance(err, ray.exceptions.RayTaskError)
             and not isinstance(getattr(err, "cause", None), ray.exceptions.RayError))
+
+
+@dataclass
+class _Job:
+    """A training in flight: a search evaluation (``row``, an Evaluation) or one of the
+    funnel's trials (``row``, a dict), its worker, when it left and its time limit."""
+
+    row: Any
+    worker: Any
+    since: float
+    limit: float | None
+    trial: bool = False
 
 
 class _Pool:
@@ -131,8 +152,13 @@ class Search:
         self.waiting: dict[str, list[Evaluation]] = {}  # fingerprint -> rows waiting on it
         self.max_attempts = config["workers"]["max_attempts"]
         self.time_limit = config["evaluation"]["time_limit"]
-        self.grace = max(10.0, 0.5 * (self.time_limit or 0))  # past the limit: hung
         self.floor = config["evaluation"]["floor"]
+        self.funnel = fn.parse_funnel(config["funnel"], config, "config") \
+            if "funnel" in config else None
+        self.stopping = fn.parse_stopping(config["stopping"], "config") \
+            if "stopping" in config else None
+        self.trial_queue: deque[dict] = deque()
+        self.curves: dict[tuple[int, str], list[list[float]]] = {}  # finished val curves
 
     # --- the controller's side -------------------------------------------------------
 
@@ -247,6 +273,7 @@ class Search:
             next_tell = self._restore(store)
             asked_batches = max((e.batch for e in store.evaluations()), default=-1) + 1
             queue = deque(self._admit(store, store.pending()))
+            self._load_funnel(store)
             need = workers_wanted * self.config["workers"]["num_cpus"]
             started_ray = start_ray(self.address, need, self.config["workers"]["num_gpus"]
                                     * workers_wanted or None, dashboard=self.dashboard)
@@ -264,11 +291,22 @@ class Search:
               asked_batches: int) -> None:
         import ray
 
-        in_flight: dict = {}  # future -> (evaluation, worker, dispatched at)
+        in_flight: dict = {}  # future -> _Job
         total = store.count()
         bar = self._bar(store) if self.progress else None
         while True:
-            while pool.idle and (queue or total < self.budget):
+            while pool.idle and (self.trial_queue or queue or total < self.budget):
+                if self.trial_queue:  # the funnel's trainings go first
+                    trial = self.trial_queue.popleft()
+                    worker = pool.idle.pop()
+                    future = worker.trial.remote(trial["id"], trial["candidate"], trial["task"],
+                                                 trial["settings"], trial["seed"],
+                                                 self._stop_settings(trial))
+                    in_flight[future] = _Job(trial, worker, time.monotonic(),
+                                             trial["settings"]["time_limit"], trial=True)
+                    faults.check("driver.dispatch")
+                    store.mark_trial_started(trial["id"], pool.names.get(worker, ""))
+                    continue
                 if not queue:
                     n = min(self.batch_size, self.budget - total)
                     queue.extend(self._ask(store, asked_batches, n, next_tell))
@@ -277,12 +315,13 @@ class Search:
                     continue
                 row = queue.popleft()
                 worker = pool.idle.pop()
-                future = worker.evaluate.remote(row.id, row.rule, self.seed)
-                in_flight[future] = (row, worker, time.monotonic())
+                future = worker.evaluate.remote(row.id, row.rule, self.seed,
+                                                self._stop_settings(None))
+                in_flight[future] = _Job(row, worker, time.monotonic(), self.time_limit)
                 faults.check("driver.dispatch")
                 store.mark_started(row.id, pool.names.get(worker, ""), "")
             next_tell = self._tell_ready(store, next_tell, asked_batches)
-            if not in_flight and not queue and total >= self.budget:
+            if not in_flight and not queue and not self.trial_queue and total >= self.budget:
                 break
             waiting = list(in_flight) + list(pool.starting)
             if not waiting:
@@ -293,24 +332,29 @@ class Search:
                 if future in pool.starting:
                     pool.started(future)
                     continue
-                row, worker, _ = in_flight.pop(future)
+                job = in_flight.pop(future)
                 try:
                     result = ray.get(future)
                 except ray.exceptions.RayError as err:
                     if _raised_in_task(err):  # the worker is fine; the evaluation failed
-                        self._record_error(store, row, err)
+                        self._record_error(store, job, err)
                         finished = True
-                        pool.idle.append(worker)
+                        pool.idle.append(job.worker)
                     else:  # the worker is gone
-                        finished = self._failed_attempt(store, row, queue, err)
-                        pool.replace(worker)
+                        finished = self._failed_attempt(store, job, queue, err)
+                        pool.replace(job.worker)
                 else:
                     faults.check("driver.record")
-                    self._record(store, row, result)
+                    if job.trial:
+                        self._record_trial(store, job.row, result)
+                    else:
+                        self._record(store, job.row, result)
                     finished = True
-                    pool.idle.append(worker)
+                    pool.idle.append(job.worker)
+                if finished and not job.trial:
+                    self._release(store, job.row, queue)
                 if finished:
-                    self._release(store, row, queue)
+                    self._promote(store)
                 if bar is not None:
                     self._advance(bar, store)
             self._watchdog(store, in_flight, pool, queue)
@@ -319,47 +363,121 @@ class Search:
         if bar is not None:
             bar.close()
 
+    # --- the funnel ------------------------------------------------------------------
+
+    def _load_funnel(self, store: Store) -> None:
+        """The finished curves (for early stopping), the pending trials, and the
+        promotions due: what a resumed run starts from."""
+        task = self.config["task"]["name"]
+        if self.stopping is not None:
+            for row in store.evaluations("ok"):
+                self._add_curve(0, task, row.details.get("val_curve"))
+            for t in store.trials(status="ok"):
+                self._add_curve(t["stage"], t["task"], t["details"].get("val_curve"))
+        if self.funnel is None:
+            return
+        pending = store.trials(status="pending")
+        self.trial_queue = deque(sorted(pending, key=lambda t: (-t["stage"], t["id"])))
+        self._promote(store)
+
+    def _add_curve(self, stage: int, task: str, curve: list | None) -> None:
+        if curve:
+            self.curves.setdefault((stage, task), []).append(list(curve))
+
+    def _promote(self, store: Store) -> None:
+        """Queue the trainings every promotion due now asks for (stored first)."""
+        if self.funnel is None:
+            return
+        pool = fn.candidates(store.trained(), store.trials())
+        wanted = fn.new_trials(self.config, self.funnel, pool)
+        if not wanted:
+            return
+        ids = set(store.add_trials(wanted))
+        faults.check("driver.promote")
+        new = [t for t in store.trials(status="pending") if t["id"] in ids]
+        merged = sorted([*self.trial_queue, *new], key=lambda t: (-t["stage"], t["id"]))
+        self.trial_queue = deque(merged)
+
+    def _stop_settings(self, trial: dict | None) -> dict:
+        """nos.evaluate's early-stopping arguments for a search candidate's training (none
+        for a baseline: they go through every stage whole)."""
+        if self.stopping is None or (trial is not None and trial["source"] == "baseline"):
+            return {}
+        stage, task = (0, self.config["task"]["name"]) if trial is None else \
+            (trial["stage"], trial["task"])
+        out: dict = {}
+        if self.stopping.loss_steps:
+            out["stop_loss_steps"] = self.stopping.loss_steps
+        below = fn.stop_thresholds(self.curves.get((stage, task), []), self.stopping)
+        if below is not None:
+            out["stop_below"] = below
+        return out
+
+    def _record_trial(self, store: Store, trial: dict, result: dict) -> None:
+        details = {"loss_curve": result["loss_curve"], "val_curve": result["val_curve"],
+                   "grid": result["grid"], "steps": result["steps"],
+                   "val_loss": result["val_loss"], "epochs": result["epochs"]}
+        store.record_trial(trial["id"], status=result["status"], reward=result["reward"],
+                           lr=result["lr"], test_metric=result["test_accuracy"],
+                           seconds=result["seconds"], worker=result["worker"],
+                           error=result["error"], details=details)
+        if result["status"] == "ok":
+            self._add_curve(trial["stage"], trial["task"], result["val_curve"])
+
     def _record(self, store: Store, row: Evaluation, result: dict) -> None:
         details = {"loss_curve": result["loss_curve"], "val_curve": result["val_curve"],
                    "grid": result["grid"], "steps": result["steps"],
                    "val_loss": result["val_loss"]}
+        if result["status"] == "ok":
+            self._add_curve(0, self.config["task"]["name"], result["val_curve"])
         store.record(row.id, status=result["status"], reward=result["reward"], lr=result["lr"],
                      test_metric=result["test_accuracy"], seconds=result["seconds"],
                      worker=result["worker"], node=result["node"], error=result["error"],
                      details=details)
 
-    def _record_error(self, store: Store, row: Evaluation, err: Exception) -> None:
+    def _record_error(self, store: Store, job: _Job, err: Exception) -> None:
         """An exception raised by the evaluation itself: it would raise again, so it is
         recorded ``failed`` with its message at once."""
         cause = getattr(err, "cause", None) or err
         text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
         message = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
-        store.record(row.id, status="failed", reward=self.floor, error=message[:500])
+        self._finish(store, job, "failed", message[:500])
 
-    def _failed_attempt(self, store: Store, row: Evaluation, queue: deque,
-                        err: Exception) -> bool:
+    def _finish(self, store: Store, job: _Job, status: str, error: str) -> None:
+        """Record a job that has no result with the floor reward."""
+        if job.trial:
+            store.record_trial(job.row["id"], status=status, reward=self.floor, error=error)
+        else:
+            store.record(job.row.id, status=status, reward=self.floor, error=error)
+
+    def _failed_attempt(self, store: Store, job: _Job, queue: deque, err: Exception) -> bool:
         """Try the evaluation again, or record it failed; True once it is recorded."""
-        attempts = store.get(row.id).attempts
+        if job.trial:
+            attempts = next(t["attempts"] for t in store.trials(job.row["stage"])
+                            if t["id"] == job.row["id"])
+        else:
+            attempts = store.get(job.row.id).attempts
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if attempts < self.max_attempts:
-            queue.appendleft(row)
+            (self.trial_queue if job.trial else queue).appendleft(job.row)
             return False
-        store.record(row.id, status="failed", reward=self.floor,
-                     error=f"worker lost {attempts} times: {reason}"[:500])
+        self._finish(store, job, "failed", f"worker lost {attempts} times: {reason}"[:500])
         return True
 
     def _watchdog(self, store: Store, in_flight: dict, pool: _Pool, queue: deque) -> None:
         """An evaluation far past its time limit is hung: kill its worker, record timeout."""
-        if not self.time_limit:
-            return
         now = time.monotonic()
-        for future, (row, worker, since) in list(in_flight.items()):
-            if now - since > self.time_limit + self.grace:
+        for future, job in list(in_flight.items()):
+            if not job.limit:
+                continue
+            if now - job.since > job.limit + max(10.0, 0.5 * job.limit):
                 in_flight.pop(future)
-                pool.replace(worker)
-                store.record(row.id, status="timeout", reward=self.floor,
-                             error=f"no result after {now - since:.0f} s; worker replaced")
-                self._release(store, row, queue)
+                pool.replace(job.worker)
+                self._finish(store, job, "timeout",
+                             f"no result after {now - job.since:.0f} s; worker replaced")
+                if not job.trial:
+                    self._release(store, job.row, queue)
+                self._promote(store)
 
     # --- reporting -------------------------------------------------------------------
 

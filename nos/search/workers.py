@@ -40,7 +40,8 @@ def start_ray(address: str | None, num_cpus: float, num_gpus: float | None = Non
 
 @ray.remote(max_restarts=0, max_task_retries=0)
 class EvalWorker:
-    """Evaluates rules on one task; the data is loaded once, when the actor starts."""
+    """Evaluates rules on one task; the data is loaded once, when the actor starts.  The
+    funnel's trainings on other tasks (``trial``) load those tasks once, when first asked."""
 
     def __init__(self, task: str, task_options: dict, evaluation: dict, threads: int) -> None:
         import torch
@@ -48,8 +49,10 @@ class EvalWorker:
         from nos.train.tasks import default_device, get_task
 
         torch.set_num_threads(max(1, threads))
+        self.device = default_device()
         self.task = get_task(task, **task_options)
-        self.task.load(default_device())
+        self.task.load(self.device)
+        self.tasks = {(task, _options_key(task_options)): self.task}
         self.evaluation = evaluation
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.node = ray.get_runtime_context().get_node_id()
@@ -57,7 +60,28 @@ class EvalWorker:
     def where(self) -> tuple[str, str]:
         return self.name, self.node
 
-    def evaluate(self, eval_id: int, rule: str, seed: int) -> dict:
+    def evaluate(self, eval_id: int, rule: str, seed: int, extra: dict | None = None) -> dict:
+        """One search evaluation; ``extra``: more keyword arguments of nos.evaluate (the
+        early-stopping settings of the moment)."""
+        return self._run(rule, self.task, seed, {**self.evaluation, **(extra or {})},
+                         eval_id=eval_id)
+
+    def trial(self, trial_id: int, rule: str, task: str, settings: dict, seed: int,
+              extra: dict | None = None) -> dict:
+        """One training of the funnel: ``settings`` are nos.evaluate's keyword arguments
+        and the task's options (``task_options``)."""
+        from nos.train.tasks import get_task
+
+        settings = dict(settings)
+        options = settings.pop("task_options", {}) or {}
+        key = (task, _options_key(options))
+        if key not in self.tasks:
+            self.tasks[key] = get_task(task, **options)
+            self.tasks[key].load(self.device)
+        return self._run(rule, self.tasks[key], seed, {**settings, **(extra or {})},
+                         trial_id=trial_id)
+
+    def _run(self, rule: str, task, seed: int, settings: dict, **ids: int) -> dict:
         from nos.search import faults
         from nos.train.evaluation import evaluate
 
@@ -65,11 +89,17 @@ class EvalWorker:
         faults.hang("worker.hang", rule)
         faults.fail("worker.raise", rule)
         started = time.time()
-        result = evaluate(rule, self.task, seed=seed, **self.evaluation)
+        result = evaluate(rule, task, seed=seed, **settings)
         out = result.to_dict()
-        out.update(eval_id=eval_id, worker=self.name, node=self.node, started=started,
+        out.update(ids, worker=self.name, node=self.node, started=started,
                    finished=time.time())
         return out
+
+
+def _options_key(options: dict) -> str:
+    import json
+
+    return json.dumps(options, sort_keys=True, default=str)
 
 
 def evaluation_kwargs(config: dict) -> dict:

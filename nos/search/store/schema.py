@@ -6,9 +6,9 @@ DB_NAME = "nos.db"
 LOCK_NAME = "nos.lock"
 FORMAT = "nos-run"
 VERSION = 1
-FINISHED = ("ok", "diverged", "timeout", "invalid", "failed", "cached", "degenerate")
+FINISHED = ("ok", "diverged", "timeout", "invalid", "failed", "cached", "degenerate", "stopped")
 STATUSES = ("pending", *FINISHED)
-TRAINED = ("ok", "diverged", "timeout")  # results worth reusing for an identical rule
+TRAINED = ("ok", "diverged", "timeout", "stopped")  # results worth reusing for an identical rule
 KEEP_CHECKPOINTS = 3
 BUSY_TIMEOUT_S = 30.0
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -21,7 +21,7 @@ SCHEMA = (
         tokens TEXT NOT NULL,
         rule TEXT NOT NULL,
         status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'ok', 'diverged',
-            'timeout', 'invalid', 'failed', 'cached', 'degenerate')),
+            'timeout', 'invalid', 'failed', 'cached', 'degenerate', 'stopped')),
         reward REAL, lr REAL, test_metric REAL, seconds REAL,
         worker TEXT, node TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
@@ -35,7 +35,21 @@ SCHEMA = (
         seed INTEGER, epochs REAL, status TEXT, reward REAL, lr REAL, test_metric REAL,
         seconds REAL, details TEXT, created REAL NOT NULL)""",
 )
+# The funnel's trainings: one row per (stage, candidate rule, task, seed).  A candidate is
+# a distinct behaviour (its fingerprint), named by its rule text; ``source`` is "search"
+# (``origin``: the evaluation it comes from) or "baseline" (``name``: the named rule).
+TRIALS = """CREATE TABLE IF NOT EXISTS trials (
+        id INTEGER PRIMARY KEY,
+        stage INTEGER NOT NULL, candidate TEXT NOT NULL, fingerprint TEXT,
+        source TEXT NOT NULL CHECK (source IN ('search', 'baseline')), name TEXT,
+        origin INTEGER, task TEXT NOT NULL, seed INTEGER NOT NULL, settings TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending', reward REAL, lr REAL, test_metric REAL,
+        seconds REAL, worker TEXT, attempts INTEGER NOT NULL DEFAULT 0, error TEXT,
+        details TEXT, created REAL NOT NULL, started_at REAL, finished_at REAL,
+        UNIQUE (stage, candidate, task, seed))"""
 INDEXES = (  # also added, if missing, to runs written by an earlier store
+    TRIALS,
+    "CREATE INDEX IF NOT EXISTS trials_stage ON trials (stage, status)",
     "CREATE INDEX IF NOT EXISTS evaluations_status ON evaluations (status)",
     "CREATE INDEX IF NOT EXISTS evaluations_fingerprint ON evaluations (fingerprint)",
     "CREATE INDEX IF NOT EXISTS evaluations_batch ON evaluations (batch)",
@@ -50,8 +64,14 @@ EVAL_QUERIES = {  # constant SQL only; every value is a bound parameter
     "id": _SELECT + "WHERE id = ?",
     "status": _SELECT + "WHERE status = ? ORDER BY id",
     "batch": _SELECT + "WHERE batch = ? ORDER BY id",
-    "fingerprint": _SELECT + "WHERE fingerprint = ? AND status IN (?, ?, ?) ORDER BY id LIMIT 1",
+    "fingerprint": _SELECT + "WHERE fingerprint = ? AND status IN ("
+                   + ", ".join("?" * len(TRAINED)) + ") ORDER BY id LIMIT 1",
 }
-RANKED = ("ok", "diverged", "timeout", "cached")  # rows whose reward comes from a training
+# rows whose reward comes from a training
+RANKED = ("ok", "diverged", "timeout", "stopped", "cached")
+TRIAL_COLUMNS = ("id", "stage", "candidate", "fingerprint", "source", "name", "origin", "task",
+                 "seed", "settings", "status", "reward", "lr", "test_metric", "seconds",
+                 "worker", "attempts", "error", "details", "created", "started_at",
+                 "finished_at")
 RETRAIN_FIELDS = ("rule", "source", "task", "seed", "epochs", "status", "reward", "lr",
                   "test_metric", "seconds", "details")

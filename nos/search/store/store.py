@@ -34,6 +34,7 @@ from nos.search.store.schema import (
     RANKED,
     RETRAIN_FIELDS,
     TRAINED,
+    TRIAL_COLUMNS,
 )
 
 
@@ -243,6 +244,15 @@ class Store:
         rows = self._evaluations("fingerprint", (fingerprint, *TRAINED))
         return rows[0] if rows else None
 
+    def trained(self) -> list[dict]:
+        """The rows whose reward comes from their own training (ok, diverged, timeout,
+        stopped), in id order: ``id, rule, status, reward, lr, fingerprint``."""
+        cur = self._conn.execute(
+            "SELECT id, rule, status, reward, lr, fingerprint FROM evaluations WHERE status IN "
+            f"({', '.join('?' * len(TRAINED))}) ORDER BY id", TRAINED)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
     def top(self, k: int) -> list[dict]:
         """The best ``k`` distinct rules, best first: ``rule``, ``reward`` (its best),
         ``lr`` and ``id`` of that best row, and ``count``, the number of times the rule was
@@ -283,11 +293,80 @@ class Store:
             "WHERE status != 'pending'").fetchone()
         first = self._conn.execute("SELECT min(asked_at) FROM evaluations").fetchone()[0]
         mean = self._conn.execute("SELECT avg(seconds) FROM evaluations WHERE status IN "
-                                  "(?, ?, ?)", TRAINED).fetchone()[0]
+                                  f"({', '.join('?' * len(TRAINED))})", TRAINED).fetchone()[0]
         wall = max(last - first, 0.0) if finished else 0.0
         return {"evaluations": finished, "wall_seconds": wall,
                 "per_second": finished / wall if wall > 0 else 0.0,
                 "mean_seconds": mean if mean is not None else 0.0}
+
+    # --- the funnel's trainings ------------------------------------------------------
+
+    def add_trials(self, trials: Sequence[dict]) -> list[int]:
+        """Insert pending trainings of the funnel in one transaction; returns the ids of the
+        new ones.  A trial is ``stage, candidate, fingerprint, source, name, origin, task,
+        seed, settings`` (the evaluation's keyword arguments); one already stored (same
+        stage, candidate, task and seed) is left as it is."""
+        rows = []
+        for t in trials:
+            if t["source"] not in ("search", "baseline"):
+                raise ValueError("trial source must be 'search' or 'baseline', "
+                                 f"got {t['source']!r}")
+            rows.append((check.index("stage", t["stage"]), check.text("candidate", t["candidate"]),
+                         t.get("fingerprint"), t["source"], t.get("name"), t.get("origin"),
+                         check.text("task", t["task"]), int(t["seed"]),
+                         check.details_json(t["settings"]), time.time()))
+        with self._write() as conn:
+            ids = []
+            for row in rows:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO trials (stage, candidate, fingerprint, source, name, "
+                    "origin, task, seed, settings, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    row)
+                if cur.rowcount == 1:
+                    ids.append(cur.lastrowid)
+            return ids
+
+    def trials(self, stage: int | None = None, status: str | None = None) -> list[dict]:
+        """The funnel's trainings in id order (``settings`` and ``details`` as dicts)."""
+        where, params = [], []
+        if stage is not None:
+            where.append("stage = ?")
+            params.append(check.index("stage", stage))
+        if status is not None:
+            where.append("status = ?")
+            params.append(check.status(status))
+        sql = (f"SELECT {', '.join(TRIAL_COLUMNS)} FROM trials"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id")
+        out = []
+        for row in self._conn.execute(sql, params):
+            trial = dict(zip(TRIAL_COLUMNS, row))
+            trial["settings"] = json.loads(trial["settings"])
+            trial["details"] = json.loads(trial["details"]) if trial["details"] else {}
+            out.append(trial)
+        return out
+
+    def mark_trial_started(self, trial_id: int, worker: str) -> None:
+        """Note that a pending trial was handed to a worker (attempts += 1)."""
+        with self._write() as conn:
+            conn.execute("UPDATE trials SET started_at = ?, attempts = attempts + 1, worker = ? "
+                         "WHERE id = ? AND status = 'pending'",
+                         (time.time(), worker, check.index("trial_id", trial_id)))
+
+    def record_trial(self, trial_id: int, *, status: str, reward: float,
+                     lr: float | None = None, test_metric: float | None = None,
+                     seconds: float | None = None, worker: str | None = None,
+                     error: str | None = None, details: dict | None = None) -> bool:
+        """Record a pending trial's result; False, changing nothing, if already recorded."""
+        values = (check.status(status, FINISHED), check.real("reward", reward),
+                  check.real("lr", lr), check.real("test_metric", test_metric),
+                  check.real("seconds", seconds), worker, error, check.details_json(details),
+                  time.time(), check.index("trial_id", trial_id))
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE trials SET status = ?, reward = ?, lr = ?, test_metric = ?, seconds = ?, "
+                "worker = COALESCE(?, worker), error = ?, details = ?, finished_at = ? "
+                "WHERE id = ? AND status = 'pending'", values)
+            return cur.rowcount == 1
 
     # --- checkpoints and re-trainings -------------------------------------------------
 

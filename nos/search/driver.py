@@ -346,6 +346,7 @@ class Search:
                 else:
                     faults.check("driver.record")
                     if job.trial:
+                        faults.check("driver.trial")
                         self._record_trial(store, job.row, result)
                     else:
                         self._record(store, job.row, result)

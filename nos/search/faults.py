@@ -10,6 +10,8 @@ Points: ``driver.ask`` (proposals asked, not yet stored), ``driver.dispatch``
 (an evaluation sent, its start being written), ``driver.record`` (a result in
 hand, not yet written), ``driver.tell`` (the controller updated, its
 checkpoint not yet written), ``driver.checkpoint`` (just after a checkpoint),
+``driver.trial`` (a funnel training's result in hand, not yet written),
+``driver.promote`` (promotions stored, not yet queued),
 ``worker.evaluate`` (in a worker, before training), ``worker.hang``,
 which makes the worker sleep forever instead of dying, and ``worker.raise``,
 which makes the evaluation raise :class:`InjectedError` (as a bug in a child

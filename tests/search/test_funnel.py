@@ -1,0 +1,117 @@
+"""The funnel on a real local Ray: promotion by rank, baselines through every stage, the
+protocol of each stage, and a run killed mid-stage resumed with nothing lost or run twice."""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from nos.search import config as cfg
+from nos.search.driver import Search
+from nos.search.funnel import candidates, geometric_median, parse_funnel, stage_seeds
+from nos.search.store import Store
+from tests.helpers import check_run
+from tests.search.test_search import _write_toml, ray_cluster  # noqa: F401 - a fixture
+
+BUDGET = 12
+FUNNEL = {
+    "search": {"controller": "random", "budget": BUDGET, "batch": 4, "seed": 3},
+    "task": {"name": "mnist1d"},
+    "evaluation": {"epochs": 0.5, "lr_grid": [0.01, 0.1], "grid_epochs": 0.25,
+                   "time_limit": 120},
+    "workers": {"count": 1, "threads": 1},
+    "funnel": {"baselines": ["momentum", "adam"],
+               "stages": [{"epochs": 1, "seeds": 2, "promote": 0.5, "lr_factors": [0.5, 1, 2]},
+                          {"epochs": 1, "seeds": 2, "promote": 0.5, "max_rules": 1,
+                           "tasks": ["mnist1d", "digits"], "transfer_epochs": 1}]},
+}
+
+
+def _trials(out) -> list[tuple]:
+    """(stage, candidate, task, seed, status, reward, lr, finished_at), read with sqlite3."""
+    db = sqlite3.connect(out / "nos.db")
+    try:
+        return db.execute("SELECT stage, candidate, task, seed, status, reward, lr, finished_at "
+                          "FROM trials ORDER BY stage, candidate, task, seed").fetchall()
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def funnel_run(ray_cluster, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("funnel") / "run"
+    Search(cfg.validate(FUNNEL, "test"), out).run()
+    return out
+
+
+def test_the_funnel_promotes_the_top_fraction_and_every_baseline(funnel_run):
+    check_run(funnel_run, BUDGET)
+    with Store.open(funnel_run) as store:
+        config = store.config
+        trials = store.trials()
+        pool = candidates(store.trained(), trials)
+    funnel = parse_funnel(config["funnel"], config, "test")
+    assert trials and all(t["status"] != "pending" for t in trials)
+    for k, stage in enumerate((None, *funnel.stages)):
+        tasks = ["mnist1d"] if stage is None else list(stage.tasks)
+        seeds = stage_seeds(3, k, 1 if stage is None else stage.seeds)
+        for name in ("momentum", "adam"):  # every baseline, at every stage, on every task
+            rows = [t for t in trials if t["name"] == name and t["stage"] == k]
+            assert sorted((t["task"], t["seed"]) for t in rows) == \
+                sorted((task, s) for task in tasks for s in seeds)
+    # every search candidate in the top fraction of the stage below, by the end, was promoted
+    search = [c for c in pool.values() if c.source == "search"]
+    ranked = sorted(search, key=lambda c: (-c.score(0, "mnist1d"), c.origin))
+    top = ranked[:math.floor(0.5 * len(ranked))]
+    assert top and all(1 in c.trials for c in top)
+    promoted = [c for c in search if 1 in c.trials]
+    assert len({c.fingerprint for c in promoted}) == len(promoted)  # distinct behaviours
+    assert 1 <= sum(1 for c in search if 2 in c.trials) <= 1  # max_rules
+    # the finer grid around the rate the candidate chose at the stage below
+    for c in promoted:
+        settings = c.rows(1, "mnist1d")[0]["settings"]
+        centre = c.stage0["lr"]
+        assert settings["lr_grid"] == pytest.approx(sorted([centre * 0.5, centre, centre * 2]),
+                                                    rel=1e-5)
+        assert settings["epochs"] == 1 and settings["grid_epochs"] == 0.25
+    for c in pool.values():
+        if 2 in c.trials:
+            lrs = c.lrs(1, "mnist1d")
+            grid = c.rows(2, "mnist1d")[0]["settings"]["lr_grid"]
+            assert grid[1] == pytest.approx(geometric_median(lrs), rel=1e-5)
+            digits = c.rows(2, "digits")[0]["settings"]
+            assert digits["lr_grid"] == [0.01, 0.1] and digits["epochs"] == 1
+
+
+def test_a_run_killed_mid_stage_resumes_with_nothing_lost_or_run_twice(
+        ray_cluster, tmp_path, funnel_run):  # noqa: F811
+    toml = tmp_path / "funnel.toml"
+    _write_toml(toml, {t: v for t, v in FUNNEL.items() if t != "funnel"})
+    stages = "".join("\n[[funnel.stages]]\n" + "".join(
+        f"{k} = {v!r}\n".replace("'", '"') for k, v in s.items())
+        for s in FUNNEL["funnel"]["stages"])
+    toml.write_text(toml.read_text() + '[funnel]\nbaselines = ["momentum", "adam"]\n' + stages)
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "nos.cli", "search", "--config", str(toml), "--out",
+               str(out), "--address", ray_cluster, "--quiet"]
+    killed = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "NOS_FAULTS": "driver.trial:5"})
+    assert killed.returncode == -9, killed.stderr
+    before = _trials(out)
+    done = [t for t in before if t[4] != "pending"]
+    assert len(done) == 4 and any(t[4] == "pending" for t in before)
+    finish = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finish.returncode == 0, finish.stderr
+    after = _trials(out)
+    check_run(out, BUDGET)
+    assert all(t[4] != "pending" for t in after)
+    assert [t for t in after if t[:4] in {d[:4] for d in done}] == done  # kept as they were
+    # one worker: the resumed run trains what the run never stopped trained, once each
+    reference = _trials(funnel_run)
+    assert [t[:4] for t in after] == [t[:4] for t in reference]
+    assert [t[5] for t in after] == pytest.approx([t[5] for t in reference], abs=1e-9)

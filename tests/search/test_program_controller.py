@@ -1,4 +1,5 @@
-"""The program search: mutations of whole rules, simplification, and the controller."""
+"""The program search: mutations of whole rules, simplification, and the controller
+(nos.controllers.trees, .mutations and .program)."""
 
 from __future__ import annotations
 
@@ -11,19 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from nos.controllers.base import Proposal, make_controller
-from nos.controllers.program import (
-    DEFAULT_FUNCTIONS,
-    MUTATIONS,
-    ProgramEvolution,
-    Vocabulary,
-    is_valid,
-    live_names,
-    mutate,
-    perturbed,
-    scope,
-    simplify,
-)
+from nos.controllers.base import Proposal, controller_names, make_controller
+from nos.controllers.mutations import MUTATIONS, is_valid, live_names, mutate, perturbed, simplify
+from nos.controllers.program import ProgramEvolution
+from nos.controllers.trees import DEFAULT_FUNCTIONS, Vocabulary, scope
 
 import nos
 from nos.compile.compiler import compile_rule
@@ -211,6 +203,17 @@ def test_live_names_reach_through_prelude_and_states():
 
 
 # --- the controller ------------------------------------------------------------------------
+
+
+def test_registered_as_program_with_a_config_tables_settings():
+    assert "program" in controller_names()
+    settings = {"start": ["adamw", "momentum"], "population": 6, "sample_size": 2}  # as TOML gives
+    controller = make_controller("program", Space(), 3, **settings)
+    assert isinstance(controller, ProgramEvolution) and controller.seed == 3
+    assert controller.config.start == ("adamw", "momentum")
+    assert [p.text for p in controller.ask(2)] == [str(named("adamw")), str(named("momentum"))]
+    with pytest.raises(ValueError, match="unknown setting 'seeds'; allowed: primitives, "):
+        make_controller("program", Space(), seeds=[])
 
 
 def test_first_proposals_are_the_start_rules_simplified():

@@ -6,7 +6,14 @@ a log grid, the best one then trained for the full budget), trains the
 task's child and returns an :class:`EvalResult`.  Nothing the rule does
 raises into the caller: a rule that cannot compile is ``invalid``, one whose
 loss or parameters blow up is ``diverged``, one past its time limit is
-``timeout``; each gets the floor reward.  A bad setting (a learning rate that
+``timeout``; each gets the floor reward.  On request a hopeless training is cut
+short with status ``stopped``: a run whose loss has not fallen by step
+``stop_loss_steps``, or a full run whose validation accuracy after an epoch is
+below the caller's threshold for it (``stop_below``, say the median of its
+stage).  A stopped full run is scored as it stands (its reward is the
+validation accuracy when it stopped); a stopped grid point is never chosen, and
+an evaluation whose every grid point was stopped or diverged, one at least
+stopped, is ``stopped`` with the floor reward.  A bad setting (a learning rate that
 is not a positive number, an unknown schedule, ...) is the caller's mistake:
 a ValueError naming the setting (``nos.train.settings``), raised before any training.
 """
@@ -34,7 +41,14 @@ DEFAULT_LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 @dataclass
 class EvalResult:
     """What one evaluation of a rule gives.  ``reward`` is the validation accuracy
-    of the final model (the floor reward unless ``status`` is ``ok``)."""
+    of the final model (the floor reward unless ``status`` is ``ok``).
+
+    ``status`` is ``ok``, ``invalid``, ``diverged``, ``timeout``, ``failed`` or
+    ``stopped``: cut short as hopeless.  A full run that was stopped keeps its partial
+    figures (reward, val_loss, test_accuracy, steps and the curves when it stopped;
+    ``loss_curve`` ends with the partial epoch's mean, ``val_curve`` has the finished
+    epochs only) and ``error`` says why; stopped by the grid, it has the floor reward.
+    """
 
     rule: str
     task: str
@@ -60,9 +74,10 @@ class EvalResult:
 
 
 class _Stop(Exception):
-    def __init__(self, status: str, error: str) -> None:
+    def __init__(self, status: str, error: str, run: _Run | None = None) -> None:
         super().__init__(error)
         self.status = status
+        self.run = run  # the partial run of a stopped training
 
 
 @dataclass
@@ -93,7 +108,12 @@ def _accuracy_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: t
 
 def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, seed: int,
            batch_size: int, device: torch.device, deadline: float, schedule: Any = None,
-           snapshots: int = 0, explode: float = 20.0, progress: bool = False) -> _Run:
+           snapshots: int = 0, explode: float = 20.0, progress: bool = False,
+           stop_loss_steps: int | None = None, stop_below: Sequence[float | None] | None = None
+           ) -> _Run:
+    """One training run.  Raises ``_Stop`` (``diverged``, ``timeout``, or ``stopped`` with the
+    partial run) when it ends early; see ``evaluate`` for ``stop_loss_steps`` and
+    ``stop_below``."""
     torch.manual_seed(seed)
     model = task.build_model().to(device)
     n = len(data.train_x)
@@ -115,6 +135,9 @@ def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: fl
     run = _Run(model, 0, [], [], [])
     first_loss = None
     bar = _progress(total, task.name) if progress else None
+    # losses are kept only up to the one step where they are judged: 0 (never) when off
+    stop_at = stop_loss_steps if stop_loss_steps is not None and total > stop_loss_steps else 0
+    early_losses: list[float] = []
     step = 0
     while step < total:
         perm = torch.randperm(n, generator=order).to(device)
@@ -138,6 +161,10 @@ def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: fl
             step += 1
             loss_sum += value
             loss_n += 1
+            if step <= stop_at:
+                early_losses.append(value)
+                if step == stop_at:
+                    _stop_unless_loss_fell(early_losses, model, run, step, loss_sum / loss_n)
             if step in snapshot_at:
                 run.snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             if time.monotonic() > deadline:
@@ -149,10 +176,39 @@ def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: fl
         if bar is not None:
             bar.update(loss_n)
             bar.set_postfix(loss=f"{run.loss_curve[-1]:.3f}", val=f"{run.val_curve[-1]:.3f}")
+        if stop_below is not None and step < total:  # never on the run's last epoch
+            _stop_if_below(stop_below, run, step)
     if bar is not None:
         bar.close()
     run.steps = step
     return run
+
+
+def _stop_unless_loss_fell(losses: list[float], model: torch.nn.Module, run: _Run, step: int,
+                           epoch_loss: float) -> None:
+    """Stop the run if the mean loss of its last steps is not below that of its first."""
+    w = max(1, min(50, len(losses) // 4))
+    first, last = sum(losses[:w]) / w, sum(losses[-w:]) / w
+    if last < first:
+        return
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise _Stop("diverged", f"parameters became non-finite by step {step}")
+    run.loss_curve.append(epoch_loss)  # the partial epoch
+    run.steps = step
+    raise _Stop("stopped", f"loss has not fallen after {step} steps ({first:.4g} -> {last:.4g})",
+                run)
+
+
+def _stop_if_below(thresholds: Sequence[float | None], run: _Run, step: int) -> None:
+    """Stop the run if the epoch it just finished left it below the caller's threshold."""
+    epoch = len(run.val_curve)
+    threshold = thresholds[epoch - 1] if epoch <= len(thresholds) else None
+    val = run.val_curve[-1]
+    if threshold is None or math.isnan(threshold) or not val < threshold:
+        return
+    run.steps = step
+    raise _Stop("stopped", f"validation {val:.4g} below the stage's {threshold:.4g} "
+                f"at epoch {epoch}", run)
 
 
 def _total_steps(examples: int, batch_size: int, epochs: float) -> int:
@@ -166,11 +222,13 @@ def _progress(total: int, name: str):
 
 
 def _attempt(rule: Rule, task: Task, data: TaskData, result: EvalResult, **kwargs) -> _Run | None:
-    """One training run; failures are written into result instead of raised."""
+    """One training run; failures are written into result instead of raised.  A stopped run
+    comes back as it stood, with ``result.status`` ``stopped``."""
     try:
         return train_child(rule, task, data, **kwargs)
     except _Stop as stop:
         result.status, result.error = stop.status, str(stop)
+        return stop.run
     except (RuleSyntaxError, RuleCompileError, ValueError) as err:
         result.status, result.error = "invalid", str(err).splitlines()[0]
     except RuntimeError as err:
@@ -197,6 +255,8 @@ def evaluate(
     progress: bool = False,
     task_options: dict | None = None,
     batched_grid: bool | None = None,
+    stop_loss_steps: int | None = None,
+    stop_below: Sequence[float | None] | None = None,
 ) -> EvalResult:
     """Train the task's child with ``rule`` and return its reward and details.
 
@@ -215,6 +275,14 @@ def evaluate(
         batched_grid: train the grid's short runs as one vmap-ed model (nos.train.grid);
             by default on CUDA, where it pays, and not on the CPU, where the child's
             arithmetic, not the per-step overhead, is the cost.
+        stop_loss_steps: stop any run (a grid point's or the full one) longer than this many
+            steps whose loss has not fallen by then: the mean loss of its last
+            ``w = max(1, min(50, stop_loss_steps // 4))`` steps is not below that of its
+            first ``w``.  Status ``stopped``; a stopped grid point is never chosen.
+        stop_below: validation thresholds for the full run, element ``e`` for the end of
+            epoch ``e + 1`` (None: no threshold).  After an epoch that is not its last, a
+            run whose validation accuracy is below that epoch's threshold is stopped, its
+            reward the accuracy it had.
 
     Raises:
         ValueError: a bad setting (``nos.train.settings.SettingError``, naming it), before
@@ -224,7 +292,8 @@ def evaluate(
     schedule = check_evaluation(
         {"epochs": epochs, "lr": lr, "lr_grid": lr_grid, "grid_epochs": grid_epochs,
          "batch_size": batch_size, "snapshots": snapshots, "time_limit": time_limit,
-         "floor": floor, "seed": seed, "schedule": schedule})["schedule"]
+         "floor": floor, "seed": seed, "schedule": schedule,
+         "stop_loss_steps": stop_loss_steps, "stop_below": stop_below})["schedule"]
     text = rule if isinstance(rule, str) else str(rule)
     task_obj = get_task(task, **(task_options or {})) if isinstance(task, str) else task
     result = EvalResult(rule=text, task=task_obj.name, status="ok", reward=floor, seed=seed)
@@ -249,13 +318,15 @@ def evaluate(
                   deadline=deadline, progress=progress)
     if lr is None:
         lr = search_lr(parsed, task_obj, data, grid, grid_epochs, result, floor, common,
-                        batched=device.type == "cuda" if batched_grid is None else batched_grid)
+                       batched=device.type == "cuda" if batched_grid is None else batched_grid,
+                       stop_loss_steps=stop_loss_steps)
         if lr is None:
             result.seconds = time.monotonic() - start
             return result
     result.lr = lr
     run = _attempt(parsed, task_obj, data, result, lr=lr, epochs=epochs, schedule=schedule,
-                   snapshots=snapshots, **common)
+                   snapshots=snapshots, stop_loss_steps=stop_loss_steps, stop_below=stop_below,
+                   **common)
     if run is not None:
         _score(task_obj, data, run, result)
     else:
@@ -265,39 +336,54 @@ def evaluate(
 
 
 def search_lr(rule: Rule, task: Task, data: TaskData, grid: Sequence[float], grid_epochs: float,
-               result: EvalResult, floor: float, common: dict, batched: bool = True
-               ) -> float | None:
+               result: EvalResult, floor: float, common: dict, batched: bool = True,
+               stop_loss_steps: int | None = None) -> float | None:
     """The paper's way: a short run at each rate; the best validation accuracy wins."""
     if batched and len(grid) > 1:
-        picked = _search_lr_batched(rule, task, data, grid, grid_epochs, result, floor, common)
+        picked = _search_lr_batched(rule, task, data, grid, grid_epochs, result, floor, common,
+                                    stop_loss_steps)
         if picked is not False:
             return picked
     best_lr, best = None, -math.inf
     for lr in grid:
         short = EvalResult(rule=result.rule, task=task.name, status="ok", reward=floor)
-        run = _attempt(rule, task, data, short, lr=lr, epochs=grid_epochs, **common)
-        reward = run.val_curve[-1] if run is not None and run.val_curve else floor
+        run = _attempt(rule, task, data, short, lr=lr, epochs=grid_epochs,
+                       stop_loss_steps=stop_loss_steps, **common)
+        usable = run is not None and short.status == "ok"
+        reward = run.val_curve[-1] if usable and run.val_curve else floor
         result.grid.append({"lr": lr, "reward": reward, "status": short.status})
         if short.status in ("invalid", "timeout"):
             result.status, result.error = short.status, short.error
             return None
-        if run is not None and reward > best:
+        if usable and reward > best:
             best_lr, best = lr, reward
     if best_lr is None:
-        result.status = "diverged"
-        result.error = "diverged at every learning rate of the grid"
+        _no_usable_rate(result)
     return best_lr
 
 
+def _no_usable_rate(result: EvalResult) -> None:
+    stopped = sum(point["status"] == "stopped" for point in result.grid)
+    if stopped:
+        result.status = "stopped"
+        result.error = (f"no usable learning rate on the grid ({stopped} of "
+                        f"{len(result.grid)} stopped: the loss had not fallen)")
+    else:
+        result.status = "diverged"
+        result.error = "diverged at every learning rate of the grid"
+
+
 def _search_lr_batched(rule: Rule, task: Task, data: TaskData, grid: Sequence[float],
-                       grid_epochs: float, result: EvalResult, floor: float, common: dict):
+                       grid_epochs: float, result: EvalResult, floor: float, common: dict,
+                       stop_loss_steps: int | None = None):
     """The grid as one vmap-ed model (nos.train.grid); False if this child cannot be batched."""
     from nos.train.grid import GridTimeout, batched_grid
 
     try:
         runs = batched_grid(rule, task, data, grid, epochs=grid_epochs, seed=common["seed"],
                             batch_size=common["batch_size"], device=common["device"],
-                            deadline=common["deadline"], floor=floor)
+                            deadline=common["deadline"], floor=floor,
+                            stop_loss_steps=stop_loss_steps)
     except GridTimeout as err:
         result.status, result.error = "timeout", str(err)
         return None
@@ -309,8 +395,7 @@ def _search_lr_batched(rule: Rule, task: Task, data: TaskData, grid: Sequence[fl
     result.grid.extend(runs)
     ok = [r for r in runs if r["status"] == "ok"]
     if not ok:
-        result.status = "diverged"
-        result.error = "diverged at every learning rate of the grid"
+        _no_usable_rate(result)
         return None
     return max(ok, key=lambda r: r["reward"])["lr"]
 
@@ -321,7 +406,7 @@ def _score(task: Task, data: TaskData, run: _Run, result: EvalResult) -> None:
     result.test_accuracy = _accuracy_and_loss(task, run.model, data.test_x, data.test_y)[0]
     result.reward = acc
     result.loss_curve, result.val_curve, result.steps = run.loss_curve, run.val_curve, run.steps
-    if run.snapshots:
+    if run.snapshots and result.status == "ok":  # a stopped run's snapshots are too few
         probs = []
         for state in run.snapshots:
             run.model.load_state_dict(state)

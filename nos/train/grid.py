@@ -9,7 +9,9 @@ optimizers), and each model then takes its own learning rate:
 ``w <- w0 + lr_k (w1 - w0)`` where ``w1`` is the step at ``lr = 1``.  The models
 start from the same initial weights and see the same minibatches as the
 unbatched runs would, so they choose the same rate, within rounding.  A model
-that diverges is frozen and scored with the floor reward.
+that diverges is frozen and scored with the floor reward; so is one whose loss
+has not fallen by step ``stop_loss_steps`` (status ``stopped``, judged as
+``nos.train.evaluation`` judges one run).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class GridTimeout(Exception):
 def batched_grid(rule: Rule, task: Task, data: TaskData, lrs: Sequence[float], *,
                  epochs: float, seed: int, batch_size: int, device: torch.device,
                  deadline: float = math.inf, explode: float = 20.0,
-                 floor: float = 0.0) -> list[dict]:
+                 floor: float = 0.0, stop_loss_steps: int | None = None) -> list[dict]:
     """Short runs at every rate of ``lrs`` at once; ``[{"lr", "reward", "status"}]``."""
     k = len(lrs)
     torch.manual_seed(seed)
@@ -53,6 +55,10 @@ def batched_grid(rule: Rule, task: Task, data: TaskData, lrs: Sequence[float], *
     rates = torch.tensor(lrs, dtype=next(iter(params.values())).dtype, device=device)
     alive = torch.ones(k, dtype=torch.bool, device=device)
     first: list[float | None] = [None] * k
+    # each model's losses up to the step where they are judged: 0 (never) when off
+    stop_at = stop_loss_steps if stop_loss_steps is not None and total > stop_loss_steps else 0
+    early_losses: list[list[float]] = []
+    stopped = [False] * k
     order = torch.Generator().manual_seed(seed)
     step = 0
     while step < total:
@@ -79,13 +85,30 @@ def batched_grid(rule: Rule, task: Task, data: TaskData, lrs: Sequence[float], *
                     moved = w0 + rates.view(shape) * (p - w0)
                     p.copy_(torch.where(alive.view(shape), moved, w0))
             step += 1
+            if step <= stop_at:
+                early_losses.append(values)
+                if step == stop_at:
+                    _stop_unless_loss_fell(early_losses, alive, stopped)
             if time.monotonic() > deadline:
                 raise GridTimeout(f"time limit reached at step {step} of the grid")
-    return _score(task, data, batched, params, buffers, lrs, alive, floor)
+    return _score(task, data, batched, params, buffers, lrs, alive, stopped, floor)
+
+
+def _stop_unless_loss_fell(losses: list[list[float]], alive: torch.Tensor,
+                           stopped: list[bool]) -> None:
+    """Freeze each live model whose mean loss over its last steps is not below its first."""
+    w = max(1, min(50, len(losses) // 4))
+    for j in range(len(stopped)):
+        first = sum(row[j] for row in losses[:w]) / w
+        last = sum(row[j] for row in losses[-w:]) / w
+        if alive[j] and not last < first:
+            alive[j] = False
+            stopped[j] = True
 
 
 def _score(task: Task, data: TaskData, batched, params: dict, buffers: dict,
-           lrs: Sequence[float], alive: torch.Tensor, floor: float) -> list[dict]:
+           lrs: Sequence[float], alive: torch.Tensor, stopped: list[bool],
+           floor: float) -> list[dict]:
     finite = [all(torch.isfinite(p[j]).all() for p in params.values()) for j in range(len(lrs))]
     with torch.no_grad():
         out = batched(params, buffers, data.val_x)
@@ -94,5 +117,6 @@ def _score(task: Task, data: TaskData, batched, params: dict, buffers: dict,
         ok = bool(alive[j]) and finite[j]
         reward = (task.correct(out[j], data.val_y) / task.count(data.val_y)).item() if ok \
             else floor
-        grid.append({"lr": lr, "reward": reward, "status": "ok" if ok else "diverged"})
+        status = "ok" if ok else "stopped" if stopped[j] and finite[j] else "diverged"
+        grid.append({"lr": lr, "reward": reward, "status": status})
     return grid

@@ -16,7 +16,7 @@ from typing import Any
 
 # the keys checked here, in the order they are checked
 KEYS = ("epochs", "lr", "lr_grid", "grid_epochs", "batch_size", "snapshots", "time_limit",
-        "floor", "seed", "schedule")
+        "floor", "seed", "schedule", "stop_loss_steps", "stop_below")
 
 
 class SettingError(ValueError):
@@ -76,6 +76,17 @@ def _optional_count(low: int) -> Callable[[str, Any], None]:
     return optional
 
 
+def _thresholds(key: str, value: Any) -> None:
+    if value is None:
+        return
+    what = "must be a list of finite numbers or nulls (one per epoch)"
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise SettingError(key, f"{what}, got {value!r}")
+    for threshold in value:
+        if threshold is not None and (not _is_number(threshold) or not math.isfinite(threshold)):
+            raise SettingError(key, f"{what}; {threshold!r} is not")
+
+
 def _time_limit(key: str, value: Any) -> None:
     if value is not None and (not _is_number(value) or math.isnan(value) or value < 0):
         raise SettingError(key, f"must be a number of seconds >= 0 (0: none), got {value!r}")
@@ -101,6 +112,8 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "time_limit": _time_limit,
     "floor": _finite,
     "seed": _integer,
+    "stop_loss_steps": _optional_count(1),
+    "stop_below": _thresholds,
 }
 
 

@@ -300,6 +300,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from contextlib import ExitStack
 
     from nos.report import summary as inspect
+    from nos.report.funnel import funnel_plot_path, funnel_report, plot_funnel, print_funnel
     from nos.search.store import Store
 
     evaluation_settings(argparse.Namespace(epochs=args.epochs))  # --retrain's budget
@@ -316,15 +317,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             print(inspect.retrain(stores[0], args.retrain, args.epochs, args.seeds, args.task,
                                   plot=args.retrain_plot, progress=not args.json))
         infos = [inspect.summary(s, args.top) for s in stores]
+        for info, store in zip(infos, stores):
+            report = funnel_report(store)
+            if report is not None:
+                info["funnel"] = report
         if args.json:
             print(json.dumps(infos if len(infos) > 1 else infos[0]))
         else:
             for info in infos:
                 inspect.print_summary(info, latex=args.latex)
+                if "funnel" in info:
+                    print_funnel(info["funnel"], args.top)
         if args.plot:
             inspect.plot_rewards(stores, args.plot)
             if not args.json:
                 print(f"rewards plotted to {args.plot}")
+            funnels = [info["funnel"] for info in infos if "funnel" in info]
+            for index, report in enumerate(funnels, start=1):
+                path = funnel_plot_path(args.plot, index if len(funnels) > 1 else None)
+                plot_funnel(report, path)
+                if not args.json:
+                    print(f"funnel plotted to {path}")
     return 0
 
 
@@ -339,7 +352,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latex", action="store_true", help="the top rules as LaTeX")
     p.add_argument("--rule", type=int, default=None, metavar="ID",
                    help="one evaluation in full, prelude expanded")
-    p.add_argument("--plot", default=None, metavar="PNG", help="rewards in order")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="rewards in order; a run with a funnel also gets PNG_funnel (each "
+                   "stage's scores against the last stage's)")
     p.add_argument("--retrain", type=_positive_int, default=None, metavar="K",
                    help="train the top K rules and the baselines again")
     p.add_argument("--epochs", type=float, default=None, help="(--retrain) epochs")

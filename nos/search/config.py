@@ -2,7 +2,7 @@
 
 A config file has these tables (every key optional; defaults below):
 
-    [search]      controller, budget, batch, seed, cache
+    [search]      controller, budget, batch, seed, cache, seconds (stop proposing after)
     [task]        name, and the task's own options (data_dir, path, ...)
     [evaluation]  epochs, lr, lr_grid, grid_epochs, time_limit, floor, batch_size, schedule
     [space]       units, operands, unary, binary, decay_operands, annealed_noise
@@ -37,7 +37,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "search": {"controller": "rnn", "budget": 100, "batch": 10, "seed": 0, "cache": True},
+    "search": {"controller": "rnn", "budget": 100, "batch": 10, "seed": 0, "cache": True,
+               "seconds": 0},
     "task": {"name": "mnist1d"},
     "evaluation": {"epochs": 3.0, "lr": None, "lr_grid": [1e-4, 1e-3, 1e-2, 1e-1, 1.0],
                    "grid_epochs": 1.0, "time_limit": 600.0, "floor": 0.0, "batch_size": None,
@@ -52,7 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 # checked by their own owners (tasks, SpaceConfig, the controller's settings)
 TYPES: dict[str, dict[str, tuple[type, ...]]] = {
     "search": {"controller": (str,), "budget": (int,), "batch": (int,), "seed": (int,),
-               "cache": (bool,)},
+               "cache": (bool,), "seconds": (int, float)},
     "evaluation": {"epochs": (int, float), "lr": (int, float, type(None)),
                    "lr_grid": (list,), "grid_epochs": (int, float),
                    "time_limit": (int, float, type(None)), "floor": (int, float),
@@ -61,7 +62,8 @@ TYPES: dict[str, dict[str, tuple[type, ...]]] = {
                 "max_attempts": (int,), "threads": (int,)},
 }
 OPTIONAL = ("funnel", "stopping")  # tables that are in a config only when given
-RUNTIME_ONLY = {("workers", "count")}  # may change between a run and its resume
+# may change between a run and its resume
+RUNTIME_ONLY = {("workers", "count"), ("search", "seconds")}
 
 
 class ConfigError(ValueError):
@@ -123,6 +125,7 @@ def _check_values(config: dict, source: str) -> None:
 
     need(config["search"]["budget"] >= 1, "search", "budget", "must be at least 1")
     need(config["search"]["batch"] >= 1, "search", "batch", "must be at least 1")
+    need(config["search"]["seconds"] >= 0, "search", "seconds", "must be >= 0 (0: no limit)")
     need(config["workers"]["count"] >= 1, "workers", "count", "must be at least 1")
     need(config["workers"]["max_attempts"] >= 1, "workers", "max_attempts", "must be at least 1")
     need(config["workers"]["num_cpus"] >= 0, "workers", "num_cpus", "must not be negative")

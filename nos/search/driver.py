@@ -146,6 +146,8 @@ class Search:
         self.space = Space(SpaceConfig.from_dict(config["space"]))
         search = config["search"]
         self.budget, self.batch_size, self.seed = search["budget"], search["batch"], search["seed"]
+        self.seconds = search["seconds"]  # of this session's proposals (0: no limit)
+        self.stopped_asking = False
         self.controller = make_controller(search["controller"], self.space, seed=self.seed,
                                           **config["controller"])
         self.cache = search["cache"]
@@ -158,6 +160,7 @@ class Search:
         self.stopping = fn.parse_stopping(config["stopping"], "config") \
             if "stopping" in config else None
         self.trial_queue: deque[dict] = deque()
+        self.settled = False  # every proposal made and evaluated: the funnel may finish
         self.curves: dict[tuple[int, str], list[list[float]]] = {}  # finished val curves
 
     # --- the controller's side -------------------------------------------------------
@@ -293,9 +296,10 @@ class Search:
 
         in_flight: dict = {}  # future -> _Job
         total = store.count()
+        self.started = time.time()  # the workers are up: [search] seconds counts from here
         bar = self._bar(store) if self.progress else None
         while True:
-            while pool.idle and (self.trial_queue or queue or total < self.budget):
+            while pool.idle and (self.trial_queue or queue or self._asking(total)):
                 if self.trial_queue:  # the funnel's trainings go first
                     trial = self.trial_queue.popleft()
                     worker = pool.idle.pop()
@@ -321,7 +325,12 @@ class Search:
                 faults.check("driver.dispatch")
                 store.mark_started(row.id, pool.names.get(worker, ""), "")
             next_tell = self._tell_ready(store, next_tell, asked_batches)
-            if not in_flight and not queue and not self.trial_queue and total >= self.budget:
+            if not self.settled and not self._asking(total) and not queue and not any(
+                    not job.trial for job in in_flight.values()):
+                self.settled = True  # the search is over: the funnel takes what it has
+                self._promote(store)
+                continue
+            if not in_flight and not queue and not self.trial_queue and not self._asking(total):
                 break
             waiting = list(in_flight) + list(pool.starting)
             if not waiting:
@@ -364,6 +373,16 @@ class Search:
         if bar is not None:
             bar.close()
 
+    def _asking(self, total: int) -> bool:
+        """Whether the controller is asked for more: under the budget and, with ``[search]
+        seconds``, within that many seconds of this session's start."""
+        if total >= self.budget or self.stopped_asking:
+            return False
+        if self.seconds and time.time() - self.started > self.seconds:
+            self.stopped_asking = True
+            return False
+        return True
+
     # --- the funnel ------------------------------------------------------------------
 
     def _load_funnel(self, store: Store) -> None:
@@ -390,7 +409,7 @@ class Search:
         if self.funnel is None:
             return
         pool = fn.candidates(store.trained(), store.trials())
-        wanted = fn.new_trials(self.config, self.funnel, pool)
+        wanted = fn.new_trials(self.config, self.funnel, pool, self.settled)
         if not wanted:
             return
         ids = set(store.add_trials(wanted))

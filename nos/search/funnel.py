@@ -8,7 +8,9 @@ the rule text first trained.  Promotion is asynchronous, in the manner of ASHA
 soon as a candidate ranks among the top ``promote`` fraction of the candidates
 finished at the stage below, its trainings at the next stage are queued, so no
 worker waits for a stage to end.  A stage's ``max_rules`` caps how many search
-candidates it takes.
+candidates it takes; such a stage waits until ``max_rules / promote`` candidates
+have finished below it (or the search is over), so that the first to finish do
+not take every place.
 
 The named baselines go through every stage under the same protocol: the same
 seeds, epochs, tasks and learning-rate grids, promoted as soon as they finish
@@ -323,8 +325,16 @@ def baseline_rule(name: str) -> str:
     return str(baselines()[name].rule)
 
 
-def new_trials(config: dict, funnel: Funnel, pool: dict[str, Candidate]) -> list[dict]:
-    """The trainings to queue now: the baselines' first ones, and every promotion due."""
+def new_trials(config: dict, funnel: Funnel, pool: dict[str, Candidate],
+               settled: bool = False) -> list[dict]:
+    """The trainings to queue now: the baselines' first ones, and every promotion due.
+
+    ``settled``: the search has made and evaluated all its proposals.  A stage with
+    ``max_rules`` promotes only once enough candidates have finished below it for its
+    top fraction to hold ``max_rules`` (``max_rules / promote``), so that the first
+    finishers do not fill it; or, once the stages below are settled, the best of
+    what they have (at least one).
+    """
     seed = config["search"]["seed"]
     task = config["task"]["name"]
     floor = config["evaluation"]["floor"]
@@ -340,9 +350,18 @@ def new_trials(config: dict, funnel: Funnel, pool: dict[str, Candidate]) -> list
         search = sorted((c for c in below if c.source == "search"),
                         key=lambda c: (-c.score(k - 1, task, floor), c.origin or 0))
         allowed = math.floor(stage.promote * len(search) + 1e-9)
-        taken = sum(1 for c in pool.values() if c.source == "search" and k in c.trials)
+        settled = settled and all(c.complete(j, t) for c in pool.values()
+                                  for j in range(k) for t in c.trials.get(j, {}))
         if stage.max_rules is not None:
+            enough = len(search) >= math.ceil(stage.max_rules / stage.promote - 1e-9)
+            if settled and search:
+                allowed = max(allowed, 1)
+            elif not enough:
+                allowed = 0
             allowed = min(allowed, stage.max_rules)
+        elif settled and search:
+            allowed = max(allowed, 1)
+        taken = sum(1 for c in pool.values() if c.source == "search" and k in c.trials)
         chosen = [c for c in search[:allowed] if k not in c.trials]
         chosen = chosen[:max(0, (stage.max_rules or len(search)) - taken)]
         chosen += [c for c in below if c.source == "baseline" and k not in c.trials]

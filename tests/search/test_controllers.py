@@ -46,7 +46,7 @@ def roundtrip(state: dict) -> dict:
 
 
 def test_registry():
-    assert sorted(controllers.controller_names()) == sorted(NAMES)
+    assert sorted(controllers.controller_names()) == sorted(NAMES + ["program"])
     with pytest.raises(ValueError, match=r"unknown controller 'ppo'.*'rnn'.*") as err:
         controllers.make_controller("ppo", SPACE)
     assert all(repr(n) in str(err.value) for n in NAMES)

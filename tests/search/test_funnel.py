@@ -115,3 +115,53 @@ def test_a_run_killed_mid_stage_resumes_with_nothing_lost_or_run_twice(
     reference = _trials(funnel_run)
     assert [t[:4] for t in after] == [t[:4] for t in reference]
     assert [t[5] for t in after] == pytest.approx([t[5] for t in reference], abs=1e-9)
+
+
+def test_early_stopping_and_a_time_limit_in_a_funnel_search(ray_cluster, tmp_path):  # noqa: F811
+    data = {t: dict(v) for t, v in FUNNEL.items()}
+    data["search"] = {**data["search"], "budget": 10_000, "seconds": 6}
+    data["workers"] = {"count": 2, "threads": 1}
+    data["stopping"] = {"loss_steps": 8, "min_results": 2, "margin": 0.0}
+    summary = Search(cfg.validate(data, "test"), tmp_path / "run").run()
+    assert 0 < summary.finished < 10_000  # proposals ended with the time, not the budget
+    with Store.open(tmp_path / "run") as store:
+        rows = store.evaluations()
+        trials = store.trials()
+    assert all(r.status != "pending" for r in rows) and len(rows) == summary.finished
+    stopped = [r for r in rows if r.status == "stopped"]
+    assert stopped, [r.status for r in rows]
+    for r in stopped:  # the partial figures: its reward is where it stood when stopped
+        assert r.error and ("loss has not fallen" in r.error or "below the stage" in r.error)
+        curve = r.details["val_curve"]
+        assert r.reward is not None and (not curve or r.reward == pytest.approx(curve[-1]))
+    assert trials and all(t["status"] != "pending" for t in trials)
+    assert not [t for t in trials if t["source"] == "baseline" and t["status"] == "stopped"]
+    assert {t["stage"] for t in trials} == {0, 1, 2}  # the funnel ran to its end
+
+
+@pytest.mark.parametrize("table, message", [
+    ({"funnel": {"stages": [{"epochs": 2, "promote": 1.5}]}}, "promote must be a fraction"),
+    ({"funnel": {"stages": [{"seeds": 2}]}}, "epochs is required"),
+    ({"funnel": {"stages": [{"epochs": 2, "tasks": ["digits"]}]}}, "must start with the search"),
+    ({"funnel": {"stages": [{"epochs": 2, "tasks": ["mnist1d", "nope"]}]}}, "tasks must name"),
+    ({"funnel": {"stages": [{"epochs": 2, "lr_factors": [0]}]}}, "lr_factors"),
+    ({"funnel": {"stages": [{"epochs": 2, "speed": 1}]}}, "unknown key 'speed'"),
+    ({"funnel": {"baselines": ["adam", "nope"]}}, "unknown rule 'nope'"),
+    ({"funnel": {"stages": []}}, "at least one stage"),
+    ({"stopping": {"margin": -0.1}}, "margin must be >= 0"),
+    ({"stopping": {"loss_steps": "many"}}, "loss_steps has the wrong type"),
+    ({"search": {"seconds": -1}}, "seconds must be >= 0"),
+])
+def test_bad_funnel_settings_are_refused_naming_the_key(table, message):
+    with pytest.raises(cfg.ConfigError, match=message):
+        cfg.validate(table, "x.toml")
+
+
+def test_a_config_without_a_funnel_keeps_its_identity():
+    """Runs made before the funnel existed resume: the optional tables are absent unless
+    given, and the time limit may change between a run and its resume."""
+    plain = cfg.validate({}, "x")
+    assert "funnel" not in plain and "stopping" not in plain
+    timed = cfg.validate({"search": {"seconds": 60}}, "x")
+    assert cfg.identity(timed) == cfg.identity(plain)
+    assert cfg.validate({"funnel": {}}, "x")["funnel"] == {}  # the default stages

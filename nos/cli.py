@@ -254,7 +254,7 @@ def search_config(args: argparse.Namespace) -> dict:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from nos.report.tables import table
+    from nos.report.tables import one_line, table
     from nos.search.driver import Search
 
     config = search_config(args)
@@ -268,9 +268,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     print(f"{summary.finished} of {summary.budget} evaluations in {args.out} "
           f"({summary.per_second:.2f}/s this session); by status: "
           + ", ".join(f"{k} {v}" for k, v in sorted(summary.counts.items())))
-    rows = [[i + 1, t["reward"], t["lr"], t["count"], t["rule"]]
+    rows = [[i + 1, t["reward"], t["lr"], t["count"], one_line(t["rule"])]
             for i, t in enumerate(summary.top)]
     print(table(["#", "reward", "lr", "sampled", "rule"], rows))
+    if "funnel" in config:
+        from nos.report.funnel import funnel_report, print_funnel
+        from nos.search.store import Store
+
+        with Store.open(args.out) as store:
+            report = funnel_report(store)
+        print()
+        print_funnel(report, top=5, final_only=True)
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from nos.report.tables import mean_spread, plot_curves, table
+from nos.report.tables import mean_spread, one_line, plot_curves, table
 from nos.train.evaluation import EvalResult, evaluate
 
 
@@ -55,11 +55,6 @@ class Trials:
         return {"name": self.name, "rule": self.rule, "rewards": self.rewards,
                 "mean": self.mean, "std": self.std, "test": self.tests,
                 "lrs": [r.lr for r in self.results], "statuses": self.statuses}
-
-
-def one_line(text: str) -> str:
-    """A rule's text on one line (statements joined by '; '), for a table's cell."""
-    return "; ".join(line.strip() for line in text.strip().splitlines())
 
 
 def train_seeds(candidates: Sequence[tuple[str, str]], task: str, seeds: int, settings: dict,

@@ -21,7 +21,7 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from nos.report.tables import mean_spread, table
+from nos.report.tables import mean_spread, one_line, table
 from nos.search.funnel import (
     FINISHED_TRIAL,
     Candidate,
@@ -188,13 +188,14 @@ def _correlations(stages: list[dict]) -> dict:
 # --- text and plot -------------------------------------------------------------------------
 
 
-def print_funnel(report: dict, top: int = 10) -> None:
-    """Per-stage tables (the best ``top`` search candidates and every baseline), the final
-    table against the best baseline, and the rank correlations between stages."""
+def print_funnel(report: dict, top: int = 10, final_only: bool = False) -> None:
+    """Per-stage tables (the best ``top`` search candidates and every baseline; not with
+    ``final_only``), the final table against the best baseline, and the rank correlations
+    between stages."""
     print(f"\nfunnel on {report['task']}: {len(report['stages']) - 1} stages after the "
           f"search's; baselines {', '.join(report['baselines'])}; "
           f"search evaluations stopped early: {report['stopped_evaluations']}")
-    for stage in report["stages"]:
+    for stage in [] if final_only else report["stages"]:
         print()
         print(_stage_table(stage, report["task"], top))
     print()
@@ -265,8 +266,8 @@ def _rho(value: float | None) -> str:
     return "-" if value is None else f"{value:+.3f}"
 
 
-def _short(text: str, width: int = 70) -> str:
-    text = " ".join(text.split())
+def _short(text: str, width: int = 90) -> str:
+    text = one_line(text)
     return text if len(text) <= width else text[:width - 3] + "..."
 
 

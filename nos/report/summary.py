@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nos.lang.rule import parse
 from nos.report.compare import comparison_table, plot_trials, train_seeds
-from nos.report.tables import table
+from nos.report.tables import one_line, table
 from nos.search.store import Store
 from nos.search.workers import evaluation_kwargs
 from nos.train.evaluation import EvalResult
@@ -35,7 +35,8 @@ def summary(store: Store, top: int) -> dict:
         name, rewards = max(by_name.items(), key=lambda kv: statistics.fmean(kv[1]))
         best_baseline = {"name": name, "reward": statistics.fmean(rewards),
                          "runs": len(rewards)}
-    trained = sum(v for k, v in counts.items() if k in ("ok", "diverged", "timeout", "failed"))
+    trained = sum(v for k, v in counts.items()
+                  if k in ("ok", "diverged", "timeout", "stopped", "failed"))
     finished = sum(v for k, v in counts.items() if k != "pending")
     return {
         "run": str(store.path),
@@ -64,7 +65,7 @@ def print_summary(info: dict, latex: bool = False) -> None:
         print(f"best baseline: {b['name']} {b['reward']:.4f} (mean of {b['runs']} runs)")
     rows = []
     for i, t in enumerate(info["top"], start=1):
-        text = parse(t["rule"]).latex() if latex else t["rule"]
+        text = parse(t["rule"]).latex() if latex else one_line(t["rule"])
         rows.append([i, t["id"], t["reward"], t["lr"], t["count"], text])
     print(table(["#", "id", "reward", "lr", "sampled", "latex" if latex else "rule"], rows))
 

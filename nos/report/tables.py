@@ -24,6 +24,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(out)
 
 
+def one_line(text: str) -> str:
+    """A rule's text on one line, for a table's cell: its statements joined by '; ', the
+    params' values last (``state m = beta * m + g; update = m (beta = 0.9)``)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    params = [line for line in lines if line.startswith("param ")]
+    body = "; ".join(line for line in lines if not line.startswith("param "))
+    if not params:
+        return body
+    values = ", ".join(line[len("param "):].split(" in ")[0] for line in params)
+    return f"{body} ({values})"
+
+
 def _is_number(v: object) -> bool:
     return isinstance(v, (int, float)) or v is None
 

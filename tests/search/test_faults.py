@@ -225,10 +225,11 @@ def _reference(cluster: str, tmp_path_factory, controller: str) -> tuple[list[tu
 
 
 # The rnn (the stateful controller: RNG, policy and optimizer) at every moment in
-# `make test`; the stateless-by-comparison evolution and random behind the slow mark.
+# `make test`; the stateless-by-comparison evolution, random and program behind the slow mark.
 EXACT_CASES = [pytest.param(controller, fault, id=f"{controller}-{fault}",
                             marks=() if controller == "rnn" else pytest.mark.slow)
-               for controller in ("rnn", "evolution", "random") for fault in DRIVER_POINTS]
+               for controller in ("rnn", "evolution", "random", "program")
+               for fault in DRIVER_POINTS]
 
 
 @pytest.mark.parametrize("controller,fault", EXACT_CASES)

@@ -15,6 +15,8 @@ not take every place.
 The named baselines go through every stage under the same protocol: the same
 seeds, epochs, tasks and learning-rate grids, promoted as soon as they finish
 the stage below, never stopped early.  So every comparison is like for like.
+A search candidate that behaves as a baseline (the same fingerprint) keeps its
+place in the ranking but is not trained again: it is that baseline.
 
 The protocol of one training at stage ``k >= 1`` on the ranking task (the
 stage's first task): ``epochs``, seed ``search seed + 1000 k + i`` for
@@ -165,8 +167,9 @@ def _check_stage(stage: Stage, at: str, task: str, tasks: Sequence[str]) -> None
                                         and math.isfinite(f) and f > 0
                                         for f in stage.lr_factors),
          "lr_factors", "must be a list of positive numbers")
-    need(all(isinstance(t, str) and t in tasks for t in stage.tasks), "tasks",
-         f"must name tasks among {', '.join(tasks)}")
+    need(all(isinstance(t, str) and (t in tasks or ":" in t) for t in stage.tasks), "tasks",
+         f"must name tasks among {', '.join(tasks)} or 'file.py:Factory', "
+         "'package.module:Factory'")
     need(stage.tasks[0] == task, "tasks", f"must start with the search's task {task!r}")
 
 
@@ -325,6 +328,12 @@ def baseline_rule(name: str) -> str:
     return str(baselines()[name].rule)
 
 
+def baseline_fingerprint(name: str) -> str | None:
+    from nos.search.fingerprint import fingerprint
+
+    return fingerprint(baseline_rule(name)).digest
+
+
 def new_trials(config: dict, funnel: Funnel, pool: dict[str, Candidate],
                settled: bool = False) -> list[dict]:
     """The trainings to queue now: the baselines' first ones, and every promotion due.
@@ -342,9 +351,12 @@ def new_trials(config: dict, funnel: Funnel, pool: dict[str, Candidate],
     for name in funnel.baselines:
         c = pool.get(f"baseline:{name}")
         if c is None or not c.rows(0, task):
-            out.append({"stage": 0, "candidate": baseline_rule(name), "fingerprint": None,
+            out.append({"stage": 0, "candidate": baseline_rule(name),
+                        "fingerprint": baseline_fingerprint(name),
                         "source": "baseline", "name": name, "origin": None, "task": task,
                         "seed": seed, "settings": stage0_settings(config)})
+    # a search candidate that behaves as a baseline is in the funnel already, as that baseline
+    known = {c.fingerprint for c in pool.values() if c.source == "baseline" and c.fingerprint}
     for k, stage in enumerate(funnel.stages, start=1):
         below = [c for c in pool.values() if c.score(k - 1, task, floor) is not None]
         search = sorted((c for c in below if c.source == "search"),
@@ -362,7 +374,7 @@ def new_trials(config: dict, funnel: Funnel, pool: dict[str, Candidate],
         elif settled and search:
             allowed = max(allowed, 1)
         taken = sum(1 for c in pool.values() if c.source == "search" and k in c.trials)
-        chosen = [c for c in search[:allowed] if k not in c.trials]
+        chosen = [c for c in search[:allowed] if k not in c.trials and c.fingerprint not in known]
         chosen = chosen[:max(0, (stage.max_rules or len(search)) - taken)]
         chosen += [c for c in below if c.source == "baseline" and k not in c.trials]
         for c in chosen:

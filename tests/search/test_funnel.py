@@ -165,3 +165,27 @@ def test_a_config_without_a_funnel_keeps_its_identity():
     timed = cfg.validate({"search": {"seconds": 60}}, "x")
     assert cfg.identity(timed) == cfg.identity(plain)
     assert cfg.validate({"funnel": {}}, "x")["funnel"] == {}  # the default stages
+
+
+def test_a_search_candidate_that_behaves_as_a_baseline_is_not_trained_again():
+    from nos.search.funnel import baseline_fingerprint, new_trials
+
+    config = cfg.validate({**FUNNEL, "search": {**FUNNEL["search"]}}, "test")
+    funnel = parse_funnel(config["funnel"], config, "test")
+    adam = baseline_fingerprint("adam")
+    assert adam and adam == baseline_fingerprint("adam")
+    rows = [{"id": 1, "rule": "adam", "status": "ok", "reward": 0.9, "lr": 0.01,
+             "fingerprint": adam},
+            {"id": 2, "rule": "sign(m)", "status": "ok", "reward": 0.8, "lr": 0.01,
+             "fingerprint": "f2"},
+            {"id": 3, "rule": "g", "status": "ok", "reward": 0.1, "lr": 0.1,
+             "fingerprint": "f3"},
+            {"id": 4, "rule": "sign(g)", "status": "ok", "reward": 0.2, "lr": 0.1,
+             "fingerprint": "f4"}]
+    baseline = {"stage": 0, "candidate": "adam", "fingerprint": adam, "source": "baseline",
+                "name": "adam", "origin": None, "task": "mnist1d", "seed": 3, "settings": {},
+                "status": "ok", "reward": 0.9, "lr": 0.01}
+    wanted = new_trials(config, funnel, candidates(rows, [baseline]))
+    promoted = {t["candidate"] for t in wanted if t["stage"] == 1 and t["source"] == "search"}
+    assert promoted == {"sign(m)"}  # the top half is adam (the baseline) and sign(m)
+    assert {t["name"] for t in wanted if t["source"] == "baseline"} == {"momentum", "adam"}

@@ -12,10 +12,12 @@ from nos.optim.baselines import Baseline, baselines
 from nos.optim.optimizer import Optimizer
 from nos.search.driver import SearchSummary, search
 from nos.train.evaluation import EvalResult, evaluate
+from nos.train.tasks import Task, TaskData, register_task
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Baseline", "EvalResult", "Optimizer", "Rule", "RuleCompileError", "RuleSyntaxError",
-    "SearchSummary", "baselines", "compile_rule", "evaluate", "parse", "search",
+    "SearchSummary", "Task", "TaskData", "baselines", "compile_rule", "evaluate", "parse",
+    "register_task", "search",
 ]

@@ -119,9 +119,19 @@ def _task_options(args: argparse.Namespace) -> dict:
     return options
 
 
+TASK_HELP = ("child task: mnist1d, digits, cifar10, charlm, a registered or entry-point "
+             "name, package.module:Factory or path/to/task.py:Factory")
+
+
+def _task(args: argparse.Namespace):
+    """The task named by --task with the options of --data-dir and --text, checked."""
+    from nos.train.tasks import get_task
+
+    return get_task(args.task, **_task_options(args))
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="mnist1d",
-                   help="child task: mnist1d (default), digits, cifar10 or charlm")
+    p.add_argument("--task", default="mnist1d", help=TASK_HELP + " (default: mnist1d)")
     p.add_argument("--epochs", type=float, default=None, help="training budget in epochs")
     lr = p.add_mutually_exclusive_group()
     lr.add_argument("--lr", type=float, default=None, help="a fixed learning rate")
@@ -138,11 +148,12 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from nos.train.evaluation import evaluate
+    from nos.train.tasks import reward_rule
 
     settings = evaluation_settings(args)
     rule = resolve_rule(args.rule)
-    result = evaluate(rule, args.task, **settings, device=args.device,
-                      task_options=_task_options(args),
+    task = _task(args)
+    result = evaluate(rule, task, **settings, device=args.device,
                       progress=args.task in ("cifar10", "charlm") and not args.json)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -150,12 +161,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print("rule       " + result.rule.replace("\n", "\n           "))
     print(f"task       {result.task}  status {result.status}"
           + (f"  ({result.error})" if result.error else ""))
-    print(f"reward     {result.reward:.4f}  (validation accuracy)")
+    print(f"reward     {result.reward:.4f}  ({reward_rule(task)})")
+    if result.metric != "accuracy" and result.val_metric is not None:
+        print(f"validation {result.val_metric:.4f}  ({result.metric})")
     if result.lr is not None:
         picked = " (picked from the grid)" if result.grid else ""
         print(f"lr         {result.lr:g}{picked}")
-    if result.test_accuracy is not None:
-        print(f"test       {result.test_accuracy:.4f}")
+    if result.test_metric is not None:
+        named = "" if result.metric == "accuracy" else f"  ({result.metric})"
+        print(f"test       {result.test_metric:.4f}{named}")
     if result.val_loss is not None:
         bits = (f"  ({result.val_loss / math.log(2):.3f} bits per character)"
                 if result.task == "charlm" else "")
@@ -170,8 +184,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="train a child network with a rule and print its reward",
                        description="Train the task's child network with RULE (rule text, a file, "
-                       "'-' or a baseline's name) and print the reward (validation accuracy), "
-                       "the chosen learning rate, test accuracy and time.")
+                       "'-' or a baseline's name) and print the reward (the validation metric, "
+                       "or 1/(1+metric) where lower is better), the chosen learning rate, the "
+                       "test metric and time.")
     p.add_argument("rule", metavar="RULE")
     _add_training_options(p)
     p.add_argument("--seed", type=int, default=0)
@@ -190,6 +205,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise UsageError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
+    _task(args)  # a bad task is named before any training
     if args.plot:
         _check_writable(args.plot)
     settings.update(device=args.device, task_options=_task_options(args))
@@ -236,30 +252,38 @@ def search_config(args: argparse.Namespace) -> dict:
     """The config file (or the defaults) with the command line's overrides, validated."""
     from nos.controllers import controller_names
     from nos.search import config as cfg
-    from nos.train.tasks import task_names
+    from nos.train.tasks import absolute_spec
 
     config = cfg.load(args.config) if args.config else cfg.validate({}, "defaults")
+    task = absolute_spec(args.task) if args.task else None  # a file from this folder
     for table, key, value in (("search", "controller", args.controller),
                               ("search", "budget", args.budget), ("search", "seed", args.seed),
-                              ("workers", "count", args.workers)):
+                              ("workers", "count", args.workers), ("task", "name", task)):
         config = cfg.override(config, table, key, value)
     source = args.config or "the defaults"
     if config["search"]["controller"] not in controller_names():
         raise UsageError(f"{source}: unknown controller {config['search']['controller']!r}; "
                          f"known: {', '.join(controller_names())}")
-    if config["task"]["name"] not in task_names():
-        raise UsageError(f"{source}: unknown task {config['task']['name']!r}; "
-                         f"known: {', '.join(task_names())}")
     return config
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import os
+
     from nos.report.tables import one_line, table
     from nos.search.driver import Search
+    from nos.train.tasks import TaskError
 
     config = search_config(args)
-    summary = Search(config, args.out, address=args.address, dashboard=args.dashboard,
-                     progress=not args.quiet and sys.stderr.isatty() or args.progress).run()
+    try:  # the tasks are resolved, and the search's made, before anything starts
+        search = Search(config, args.out, address=args.address, dashboard=args.dashboard,
+                        progress=not args.quiet and sys.stderr.isatty() or args.progress,
+                        base_dir=os.path.dirname(os.path.abspath(args.config))
+                        if args.config else None)
+    except TaskError as err:
+        where = "--task" if args.task else args.config or "the defaults"
+        raise UsageError(f"{where}: {_one_line(err)}") from None
+    summary = search.run()
     if args.json:
         print(json.dumps({"out": str(summary.out), "finished": summary.finished,
                           "budget": summary.budget, "seconds": summary.seconds,
@@ -290,6 +314,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="TOML config (see experiments/quick.toml)")
     p.add_argument("--controller", default=None,
                    help="rnn, random, evolution or program (whole rules, from named ones)")
+    p.add_argument("--task", default=None, help=TASK_HELP + " (default: the config's [task] "
+                   "name; a file is taken from the current folder)")
     p.add_argument("--budget", type=_positive_int, default=None, help="number of evaluations")
     p.add_argument("--workers", type=_positive_int, default=None, help="parallel evaluations")
     p.add_argument("--address", default=None,
@@ -367,7 +393,8 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
                    help="train the top K rules and the baselines again")
     p.add_argument("--epochs", type=float, default=None, help="(--retrain) epochs")
     p.add_argument("--seeds", type=_positive_int, default=3, help="(--retrain) seeds")
-    p.add_argument("--task", default=None, help="(--retrain) another task, to test transfer")
+    p.add_argument("--task", default=None,
+                   help="(--retrain) another task, to test transfer (names as in nos eval)")
     p.add_argument("--retrain-plot", default=None, metavar="PNG",
                    help="(--retrain) validation curves of the re-trained rules")
     p.set_defaults(handler=cmd_inspect)

@@ -37,7 +37,7 @@ class Trials:
 
     @property
     def tests(self) -> list[float]:
-        return [r.test_accuracy for r in self.results if r.test_accuracy is not None]
+        return [r.test_metric for r in self.results if r.test_metric is not None]
 
     @property
     def test_mean(self) -> float | None:

@@ -38,9 +38,12 @@ def summary(store: Store, top: int) -> dict:
     trained = sum(v for k, v in counts.items()
                   if k in ("ok", "diverged", "timeout", "stopped", "failed"))
     finished = sum(v for k, v in counts.items() if k != "pending")
+    recorded = store.note("tasks")  # runs from before tasks were noted: accuracy
     return {
         "run": str(store.path),
         "task": store.config["task"]["name"],
+        "reward": recorded[0].get("reward", "validation accuracy") if recorded
+        else "validation accuracy",
         "controller": store.config["search"]["controller"],
         "budget": store.config["search"]["budget"],
         "counts": counts,
@@ -60,6 +63,8 @@ def print_summary(info: dict, latex: bool = False) -> None:
         print(f"speed: {speed['evaluations']} evaluations in {speed['wall_seconds']:.0f} s "
               f"({speed['per_second']:.3f}/s), {speed['mean_seconds']:.1f} s per training; "
               f"trainings saved by the cache and pruning: {info['trainings_saved']}")
+    if info.get("reward", "validation accuracy") != "validation accuracy":
+        print(f"reward: {info['reward']} (higher is better)")
     if info["best_baseline"]:
         b = info["best_baseline"]
         print(f"best baseline: {b['name']} {b['reward']:.4f} (mean of {b['runs']} runs)")
@@ -119,7 +124,7 @@ def plot_rewards(stores: Sequence[Store], path: str | Path) -> Path:
         ax.plot(xs, running, color=color, label=f"{label}: running mean ({window})")
         ax.plot(xs, best, color=color, linestyle="--", label=f"{label}: best so far")
     ax.set_xlabel("evaluation")
-    ax.set_ylabel("reward (validation accuracy)")
+    ax.set_ylabel("reward")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -135,6 +140,8 @@ def retrain(store: Store, k: int, epochs: float | None, seeds: int, task: str | 
     """Train the top k rules and the baselines again, record them, return the table."""
     config = store.config
     task_name = task or config["task"]["name"]
+    recorded = store.note("tasks")  # the search's task as resolved then: a file's full path
+    spec = task or (recorded[0]["spec"] if recorded else task_name)
     settings = evaluation_kwargs(config)
     settings.pop("time_limit")
     settings["task_options"] = ({k2: v for k2, v in config["task"].items() if k2 != "name"}
@@ -147,12 +154,12 @@ def retrain(store: Store, k: int, epochs: float | None, seeds: int, task: str | 
     def record(source: str, r: EvalResult) -> None:
         store.add_retrain(rule=r.rule, source=source, task=task_name, seed=r.seed,
                           epochs=r.epochs, status=r.status, reward=r.reward, lr=r.lr,
-                          test_metric=r.test_accuracy, seconds=r.seconds,
+                          test_metric=r.test_metric, seconds=r.seconds,
                           details={"val_curve": r.val_curve, "loss_curve": r.loss_curve})
         if progress:
             print(f"  {source:18s} seed {r.seed}: {r.reward:.4f} ({r.status})", file=sys.stderr)
 
-    trials = train_seeds(candidates, task_name, seeds, settings, on_result=record)
+    trials = train_seeds(candidates, spec, seeds, settings, on_result=record)
     if plot:
         plot_trials(trials, plot, f"retrained on {task_name} ({seeds} seeds)")
     head = f"retrained on {task_name}, {settings['epochs']:g} epochs, {seeds} seeds"

@@ -22,6 +22,12 @@ A Python exception raised by an evaluation (a bug in a child network) is
 recorded ``failed`` at once, with its message, and the worker goes on; only a
 worker that died (its process or its node) is replaced and its evaluation
 tried again, up to ``[workers] max_attempts`` times.
+
+Every task the config names (``[task] name``, the funnel's stages) is resolved here,
+before Ray starts or anything is written (``nos.train.tasks.registry``; a relative
+file is taken from the config file's folder), and the search's task is made once with
+its options and checked against the protocol; the workers get the resolved sources, and
+the run's meta keeps where each task came from (note ``tasks``: spec, file, sha256).
 """
 
 from __future__ import annotations
@@ -93,10 +99,11 @@ class _Pool:
     workers once it answers.  Until then the search goes on with the others.
     """
 
-    def __init__(self, config: dict, workers: list) -> None:
+    def __init__(self, config: dict, workers: list, sources: dict | None = None) -> None:
         import ray
 
         self.config = config
+        self.sources = sources
         self.idle = list(workers)
         self.starting: dict = {}
         self.names: dict = {}
@@ -110,7 +117,7 @@ class _Pool:
 
         ray.kill(worker, no_restart=True)
         self.names.pop(worker, None)
-        new = make_workers(self.config, 1)[0]
+        new = make_workers(self.config, 1, self.sources)[0]
         self.starting[new.where.remote()] = new
 
     def started(self, future) -> None:
@@ -137,7 +144,8 @@ class Search:
     """One search run in ``out``: ``Search(config, out).run()``."""
 
     def __init__(self, config: dict, out: str | Path, *, address: str | None = None,
-                 progress: bool = False, dashboard: bool = False) -> None:
+                 progress: bool = False, dashboard: bool = False,
+                 base_dir: str | Path | None = None) -> None:
         self.dashboard = dashboard
         self.config = config
         self.out = Path(out)
@@ -162,6 +170,23 @@ class Search:
         self.trial_queue: deque[dict] = deque()
         self.settled = False  # every proposal made and evaluated: the funnel may finish
         self.curves: dict[tuple[int, str], list[list[float]]] = {}  # finished val curves
+        self.sources = self._resolve_tasks(base_dir)
+
+    def _resolve_tasks(self, base_dir: str | Path | None) -> dict:
+        """Every task the config names, resolved (a relative file from ``base_dir``), and
+        the search's own made with its options: a TaskError names what is wrong."""
+        from nos.train.tasks import resolve_task, reward_rule
+
+        main = self.config["task"]["name"]
+        names = dict.fromkeys([main, *(t for stage in (self.funnel.stages if self.funnel
+                                                       else ()) for t in stage.tasks)])
+        base = base_dir if base_dir is not None else Path.cwd()
+        sources = {name: resolve_task(name, base) for name in names}
+        task = sources[main].make({k: v for k, v in self.config["task"].items() if k != "name"})
+        self.task_note = {"metric": getattr(task, "metric_name", "accuracy"),
+                          "higher_is_better": getattr(task, "higher_is_better", True),
+                          "reward": reward_rule(task)}
+        return sources
 
     # --- the controller's side -------------------------------------------------------
 
@@ -268,7 +293,7 @@ class Search:
     # --- the run ---------------------------------------------------------------------
 
     def run(self) -> SearchSummary:
-        from nos.search.workers import make_workers, start_ray
+        from nos.search.workers import make_workers, runtime_env, start_ray
 
         start = time.time()
         workers_wanted = self.config["workers"]["count"]
@@ -277,11 +302,15 @@ class Search:
             asked_batches = max((e.batch for e in store.evaluations()), default=-1) + 1
             queue = deque(self._admit(store, store.pending()))
             self._load_funnel(store)
+            records = [source.record() for source in self.sources.values()]
+            store.set_note("tasks", [{**records[0], **self.task_note}, *records[1:]])
             need = workers_wanted * self.config["workers"]["num_cpus"]
             started_ray = start_ray(self.address, need, self.config["workers"]["num_gpus"]
-                                    * workers_wanted or None, dashboard=self.dashboard)
+                                    * workers_wanted or None, dashboard=self.dashboard,
+                                    runtime_env=runtime_env(self.sources, self.out))
             try:
-                pool = _Pool(self.config, make_workers(self.config, workers_wanted))
+                pool = _Pool(self.config, make_workers(self.config, workers_wanted,
+                                                       self.sources), self.sources)
                 self._loop(store, pool, queue, next_tell, asked_batches)
             finally:
                 if started_ray:
@@ -436,9 +465,10 @@ class Search:
     def _record_trial(self, store: Store, trial: dict, result: dict) -> None:
         details = {"loss_curve": result["loss_curve"], "val_curve": result["val_curve"],
                    "grid": result["grid"], "steps": result["steps"],
-                   "val_loss": result["val_loss"], "epochs": result["epochs"]}
+                   "val_loss": result["val_loss"], "epochs": result["epochs"],
+                   "val_metric": result["val_metric"]}
         store.record_trial(trial["id"], status=result["status"], reward=result["reward"],
-                           lr=result["lr"], test_metric=result["test_accuracy"],
+                           lr=result["lr"], test_metric=result["test_metric"],
                            seconds=result["seconds"], worker=result["worker"],
                            error=result["error"], details=details)
         if result["status"] == "ok":
@@ -447,11 +477,11 @@ class Search:
     def _record(self, store: Store, row: Evaluation, result: dict) -> None:
         details = {"loss_curve": result["loss_curve"], "val_curve": result["val_curve"],
                    "grid": result["grid"], "steps": result["steps"],
-                   "val_loss": result["val_loss"]}
+                   "val_loss": result["val_loss"], "val_metric": result["val_metric"]}
         if result["status"] == "ok":
             self._add_curve(0, self.config["task"]["name"], result["val_curve"])
         store.record(row.id, status=result["status"], reward=result["reward"], lr=result["lr"],
-                     test_metric=result["test_accuracy"], seconds=result["seconds"],
+                     test_metric=result["test_metric"], seconds=result["seconds"],
                      worker=result["worker"], node=result["node"], error=result["error"],
                      details=details)
 
@@ -532,11 +562,14 @@ def search(config: dict | str | Path, out: str | Path, *, address: str | None = 
     """Run a search, or resume the one in ``out``; returns its summary (``.out`` is the run).
 
     ``config`` is a TOML file's path or a dict of the same tables (``{"search": {"budget":
-    100}, "task": {"name": "digits"}}``), validated as ``nos search --config`` does; Ray
-    is joined at ``address`` or started on this machine.  ``nos inspect`` reads the run.
+    100}, "task": {"name": "digits"}}``), validated as ``nos search --config`` does; a
+    task file named in it is taken from the file's folder (a dict's: the current one).
+    Ray is joined at ``address`` or started on this machine.  ``nos inspect`` reads the run.
     """
+    base = None
     if isinstance(config, (str, Path)):
+        base = Path(config).parent
         config = cfg.load(config)
     else:
         config = cfg.validate(config, "search config")
-    return Search(config, out, address=address, progress=progress).run()
+    return Search(config, out, address=address, progress=progress, base_dir=base).run()

@@ -6,12 +6,14 @@ a log grid, the best one then trained for the full budget), trains the
 task's child and returns an :class:`EvalResult`.  Nothing the rule does
 raises into the caller: a rule that cannot compile is ``invalid``, one whose
 loss or parameters blow up is ``diverged``, one past its time limit is
-``timeout``; each gets the floor reward.  On request a hopeless training is cut
+``timeout``; each gets the floor reward.  The reward is the task's validation metric, or
+``1 / (1 + metric)`` for a metric where lower is better (``nos.train.tasks.base.reward``):
+the validation accuracy of the built-in tasks.  On request a hopeless training is cut
 short with status ``stopped``: a run whose loss has not fallen by step
-``stop_loss_steps``, or a full run whose validation accuracy after an epoch is
+``stop_loss_steps``, or a full run whose validation reward after an epoch is
 below the caller's threshold for it (``stop_below``, say the median of its
 stage).  A stopped full run is scored as it stands (its reward is the
-validation accuracy when it stopped); a stopped grid point is never chosen, and
+validation reward when it stopped); a stopped grid point is never chosen, and
 an evaluation whose every grid point was stopped or diverged, one at least
 stopped, is ``stopped`` with the floor reward.  A bad setting (a learning rate that
 is not a positive number, an unknown schedule, ...) is the caller's mistake:
@@ -33,15 +35,19 @@ from nos.lang.parser import RuleSyntaxError
 from nos.lang.rule import Rule
 from nos.optim.optimizer import Optimizer, resolve
 from nos.train.settings import check_evaluation, check_schedule
-from nos.train.tasks import Task, TaskData, default_device, get_task
+from nos.train.tasks import Task, TaskData, default_device, get_task, reward
 
 DEFAULT_LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 @dataclass
 class EvalResult:
-    """What one evaluation of a rule gives.  ``reward`` is the validation accuracy
-    of the final model (the floor reward unless ``status`` is ``ok``).
+    """What one evaluation of a rule gives.  ``reward`` is the final model's validation
+    reward: its validation metric, or ``1 / (1 + metric)`` when lower is better (the floor
+    reward unless ``status`` is ``ok``).  ``val_metric`` and ``test_metric`` are the raw
+    metric (named ``metric``); ``val_accuracy`` and ``test_accuracy`` repeat them when
+    that metric is accuracy, and are None otherwise.  ``val_curve`` is the validation
+    reward after each epoch, as are the grid's rewards.
 
     ``status`` is ``ok``, ``invalid``, ``diverged``, ``timeout``, ``failed`` or
     ``stopped``: cut short as hopeless.  A full run that was stopped keeps its partial
@@ -59,7 +65,7 @@ class EvalResult:
     val_loss: float | None = None
     test_accuracy: float | None = None
     loss_curve: list[float] = field(default_factory=list)  # mean training loss per epoch
-    val_curve: list[float] = field(default_factory=list)  # validation accuracy per epoch
+    val_curve: list[float] = field(default_factory=list)  # validation reward per epoch
     steps: int = 0
     seconds: float = 0.0
     error: str | None = None
@@ -68,6 +74,10 @@ class EvalResult:
     snapshot_accuracies: list[float] = field(default_factory=list)
     seed: int = 0
     epochs: float = 0
+    metric: str = "accuracy"
+    higher_is_better: bool = True
+    val_metric: float | None = None
+    test_metric: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,21 +99,27 @@ class _Run:
     snapshots: list[dict]
 
 
-def _accuracy_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                       batch: int = 1024) -> tuple[float, float, torch.Tensor]:
-    """Accuracy, mean loss, and the softmax outputs (for ensembles)."""
+def _metric_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     batch: int = 1024, probs: list | None = None) -> tuple[float, float]:
+    """The task's metric (sum over batches / count) and mean loss; with ``probs``, the
+    softmax outputs (for ensembles) are appended to it."""
     model.eval()
-    correct, count, loss_sum, probs = 0.0, 0, 0.0, []
+    total, count, loss_sum = 0.0, 0, 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch):
             out = model(x[i:i + batch])
             n = task.count(y[i:i + batch])
             loss_sum += task.loss(out, y[i:i + batch]).item() * n
-            correct += task.correct(out, y[i:i + batch]).item()
+            total += task.metric(out, y[i:i + batch]).item()
             count += n
-            probs.append(torch.softmax(out.float(), dim=-1))
+            if probs is not None:
+                probs.append(torch.softmax(out.float(), dim=-1))
     model.train()
-    return correct / max(count, 1), loss_sum / max(count, 1), torch.cat(probs)
+    return total / max(count, 1), loss_sum / max(count, 1)
+
+
+def _val_reward(task: Task, model: torch.nn.Module, data: TaskData) -> float:
+    return reward(task, _metric_and_loss(task, model, data.val_x, data.val_y)[0])
 
 
 def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, seed: int,
@@ -172,7 +188,7 @@ def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: fl
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise _Stop("diverged", f"parameters became non-finite by step {step}")
         run.loss_curve.append(loss_sum / max(loss_n, 1))
-        run.val_curve.append(_accuracy_and_loss(task, model, data.val_x, data.val_y)[0])
+        run.val_curve.append(_val_reward(task, model, data))
         if bar is not None:
             bar.update(loss_n)
             bar.set_postfix(loss=f"{run.loss_curve[-1]:.3f}", val=f"{run.val_curve[-1]:.3f}")
@@ -262,14 +278,16 @@ def evaluate(
 
     Args:
         rule: a Rule, rule text or a baseline's name.
-        task: a task name (see ``nos.train.tasks.task_names()``) or a Task.
+        task: a task's name or spec (``nos.train.tasks.get_task``) or a task object
+            (anything with the protocol of ``nos.train.tasks.base``).
         epochs: the full training budget (the task's default if None).
         lr: a fixed learning rate; if None, each rate of ``lr_grid`` is trained
-            for ``grid_epochs`` and the best one (by validation accuracy) is kept.
+            for ``grid_epochs`` and the best one (by validation reward) is kept.
         schedule: a learning-rate schedule (``nos.optim.schedules``): a name, a table
             (``{"name": "sgdr", "T_0": 50}``) or ``"sgdr:T_0=50,T_mult=2"``.
         snapshots: with an SGDR schedule, keep the model at the end of each of
-            the last ``snapshots`` cycles and report their ensemble's accuracy.
+            the last ``snapshots`` cycles and report their ensemble's accuracy
+            (a task whose metric is accuracy: the outputs are class scores).
         time_limit: seconds for the whole evaluation; past it, status ``timeout``.
         floor: the reward of a rule that is invalid, diverged or timed out.
         batched_grid: train the grid's short runs as one vmap-ed model (nos.train.grid);
@@ -281,8 +299,8 @@ def evaluate(
             first ``w``.  Status ``stopped``; a stopped grid point is never chosen.
         stop_below: validation thresholds for the full run, element ``e`` for the end of
             epoch ``e + 1`` (None: no threshold).  After an epoch that is not its last, a
-            run whose validation accuracy is below that epoch's threshold is stopped, its
-            reward the accuracy it had.
+            run whose validation reward is below that epoch's threshold is stopped, its
+            reward the one it had.
 
     Raises:
         ValueError: a bad setting (``nos.train.settings.SettingError``, naming it), before
@@ -296,7 +314,9 @@ def evaluate(
          "stop_loss_steps": stop_loss_steps, "stop_below": stop_below})["schedule"]
     text = rule if isinstance(rule, str) else str(rule)
     task_obj = get_task(task, **(task_options or {})) if isinstance(task, str) else task
-    result = EvalResult(rule=text, task=task_obj.name, status="ok", reward=floor, seed=seed)
+    result = EvalResult(rule=text, task=task_obj.name, status="ok", reward=floor, seed=seed,
+                        metric=getattr(task_obj, "metric_name", "accuracy"),
+                        higher_is_better=getattr(task_obj, "higher_is_better", True))
     try:
         parsed, _ = resolve(rule)
         result.rule = str(parsed)
@@ -338,7 +358,7 @@ def evaluate(
 def search_lr(rule: Rule, task: Task, data: TaskData, grid: Sequence[float], grid_epochs: float,
                result: EvalResult, floor: float, common: dict, batched: bool = True,
                stop_loss_steps: int | None = None) -> float | None:
-    """The paper's way: a short run at each rate; the best validation accuracy wins."""
+    """The paper's way: a short run at each rate; the best validation reward wins."""
     if batched and len(grid) > 1:
         picked = _search_lr_batched(rule, task, data, grid, grid_epochs, result, floor, common,
                                     stop_loss_steps)
@@ -401,18 +421,23 @@ def _search_lr_batched(rule: Rule, task: Task, data: TaskData, grid: Sequence[fl
 
 
 def _score(task: Task, data: TaskData, run: _Run, result: EvalResult) -> None:
-    acc, loss, _ = _accuracy_and_loss(task, run.model, data.val_x, data.val_y)
-    result.val_accuracy, result.val_loss = acc, loss
-    result.test_accuracy = _accuracy_and_loss(task, run.model, data.test_x, data.test_y)[0]
-    result.reward = acc
+    metric, loss = _metric_and_loss(task, run.model, data.val_x, data.val_y)
+    test = _metric_and_loss(task, run.model, data.test_x, data.test_y)[0]
+    result.val_metric, result.test_metric, result.val_loss = metric, test, loss
+    if result.metric == "accuracy":
+        result.val_accuracy, result.test_accuracy = metric, test
+    result.reward = reward(task, metric)
     result.loss_curve, result.val_curve, result.steps = run.loss_curve, run.val_curve, run.steps
-    if run.snapshots and result.status == "ok":  # a stopped run's snapshots are too few
-        probs = []
+    # a stopped run's snapshots are too few; an ensemble averages class scores
+    if run.snapshots and result.status == "ok" and result.metric == "accuracy":
+        probs: list[torch.Tensor] = []
         for state in run.snapshots:
             run.model.load_state_dict(state)
-            snap_acc, _, p = _accuracy_and_loss(task, run.model, data.val_x, data.val_y)
+            snap_probs: list[torch.Tensor] = []
+            snap_acc, _ = _metric_and_loss(task, run.model, data.val_x, data.val_y,
+                                           probs=snap_probs)
             result.snapshot_accuracies.append(snap_acc)
-            probs.append(p)
+            probs.append(torch.cat(snap_probs))
         mean = torch.stack(probs).mean(0)
         predicted = mean.argmax(-1)
         result.ensemble_accuracy = (predicted == data.val_y).float().mean().item()

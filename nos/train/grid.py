@@ -26,7 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from nos.lang.rule import Rule
 from nos.optim.optimizer import Optimizer
-from nos.train.tasks import Task, TaskData
+from nos.train.tasks import Task, TaskData, reward
 
 
 class GridTimeout(Exception):
@@ -115,8 +115,8 @@ def _score(task: Task, data: TaskData, batched, params: dict, buffers: dict,
     grid = []
     for j, lr in enumerate(lrs):
         ok = bool(alive[j]) and finite[j]
-        reward = (task.correct(out[j], data.val_y) / task.count(data.val_y)).item() if ok \
-            else floor
+        value = reward(task, (task.metric(out[j], data.val_y) / task.count(data.val_y)).item()) \
+            if ok else floor
         status = "ok" if ok else "stopped" if stopped[j] and finite[j] else "diverged"
-        grid.append({"lr": lr, "reward": reward, "status": status})
+        grid.append({"lr": lr, "reward": value, "status": status})
     return grid

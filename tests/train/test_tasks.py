@@ -129,7 +129,7 @@ def test_task_loads_with_documented_shapes_and_trains_a_step(name, cifar_dirs):
 def test_loading_and_building_are_deterministic(name, cifar_dirs):
     task = _task(name, cifar_dirs)
     assert task.load("cpu") is task.load(torch.device("cpu"))  # the per-process cache
-    first, second = task._make_data(), task._make_data()  # built twice, bypassing that cache
+    first, second = task.make_data(), task.make_data()  # built twice, bypassing that cache
     for a, b in zip(_tensors(first), _tensors(second), strict=True):
         assert torch.equal(a, b)
     weights = []

@@ -414,6 +414,22 @@ class Store:
             row["details"] = json.loads(row["details"]) if row["details"] else {}
         return rows
 
+    # --- notes in the meta table -----------------------------------------------------
+
+    def set_note(self, key: str, value: object) -> None:
+        """Keep ``value`` (JSON) under ``key`` in the run's meta table, replacing the last
+        one; the run's own entries (format, version, config, created) are not notes."""
+        if key in ("format", "version", "config", "created"):
+            raise ValueError(f"{key!r} is the run's own meta entry, not a note")
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                         (key, json.dumps(value, sort_keys=True)))
+
+    def note(self, key: str) -> object | None:
+        """The note kept under ``key``, or None."""
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
     # --- internals -------------------------------------------------------------------
 
     @contextmanager

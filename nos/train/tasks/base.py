@@ -1,7 +1,36 @@
-"""What every child task shares: its data, its base class, the caches.
+"""The task protocol, its base class, the caches.
 
-A task is a frozen dataclass whose fields are its options, so two tasks with
-the same options are equal and share one in-process copy of their data.
+A task is any object that gives these (nos.evaluate, the search's workers and
+``nos eval`` use nothing else; ``check_task`` checks them):
+
+    name: str                 a short name, shown with every result
+    batch_size: int           the default minibatch size
+    epochs: float             the default training budget
+    load(device) -> TaskData  the train, validation and test splits on ``device``
+    build_model() -> Module   a fresh child on the CPU (the caller seeds torch first)
+    loss(output, target)      the training loss of a minibatch: a differentiable 0-dim tensor
+    metric(output, target)    the SUM of the task's metric over a batch's predictions
+                              (0-dim): correct predictions, squared errors, ...
+    count(target) -> int      how many predictions the batch holds
+    metric_name: str          what the metric is ("accuracy", "mse"); default "accuracy"
+    higher_is_better: bool    the metric's direction; default True
+
+The metric of a split is ``sum(metric) / sum(count)`` over its batches.  The
+reward, which the search maximizes, is the validation metric itself when
+higher is better, and ``1 / (1 + metric)`` when lower is better (``reward``;
+such a metric must be non-negative: a squared error, a loss, bits per
+character).  Both keep rewards in [0, 1] with the floor reward 0 the worst, so
+controllers, the funnel and the early-stopping thresholds treat every task
+alike; the raw metric is kept beside the reward (``val_metric``,
+``test_metric``).
+
+Subclassing :class:`Task` gives everything but the data and the child:
+write ``make_data()`` and ``build_model()``, and the class attributes.  Its
+defaults are a classification task's: cross entropy, accuracy.  A task is a
+frozen dataclass whose fields are its options (the ``[task]`` table's other
+keys), so two tasks with the same options are equal and share one in-process
+copy of their data; the options that are file paths are named in
+``path_options``, so the search resolves them against the config file's folder.
 """
 
 from __future__ import annotations
@@ -46,35 +75,40 @@ class TaskData:
     def _tensors(self) -> tuple[Tensor, ...]:
         return (self.train_x, self.train_y, self.val_x, self.val_y, self.test_x, self.test_y)
 
-    def check(self, task: str) -> None:
-        """Raise ValueError unless the splits are non-empty, aligned and int64-labelled."""
+    def check(self, task: str, class_targets: bool = True) -> None:
+        """Raise ValueError unless the splits are non-empty and aligned, and, with
+        ``class_targets``, labelled with int64 class indices."""
         for split in ("train", "val", "test"):
             x, y = getattr(self, f"{split}_x"), getattr(self, f"{split}_y")
             if len(x) == 0 or len(x) != len(y):
                 raise ValueError(f"{task}: {split} split has {len(x)} inputs and {len(y)} targets")
-            if y.dtype != torch.int64:
+            if class_targets and y.dtype != torch.int64:
                 raise ValueError(f"{task}: {split} targets are {y.dtype}, expected torch.int64")
 
 
 class Task(ABC):
-    """A child network and the data it is trained on.
+    """A child network and the data it is trained on (the protocol: see the module).
 
-    Subclasses are frozen dataclasses whose fields are the task's options.
-    ``loss``, ``correct`` and ``count`` work for outputs of shape (..., classes)
-    and targets of shape (...): one prediction per target element.
+    Subclasses are frozen dataclasses whose fields are the task's options.  The
+    default ``loss``, ``metric`` (via ``correct``) and ``count`` are a
+    classifier's: outputs of shape (..., classes), int64 targets of shape (...),
+    one prediction per target element; a task with other targets overrides them.
     """
 
     name: ClassVar[str]
     batch_size: ClassVar[int]
     epochs: ClassVar[int]
-    child: ClassVar[str]  # a few words naming the child network, for describe()
+    child: ClassVar[str] = "custom"  # a few words naming the child network, for describe()
+    metric_name: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
+    path_options: ClassVar[tuple[str, ...]] = ()  # options that are file or folder paths
 
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
         """A fresh child on the CPU; the caller seeds torch first."""
 
     @abstractmethod
-    def _make_data(self) -> TaskData:
+    def make_data(self) -> TaskData:
         """The splits on the CPU, built the same way every time."""
 
     def load(self, device: str | torch.device = "cpu") -> TaskData:
@@ -84,8 +118,9 @@ class Task(ABC):
         if key not in _LOADED:
             cpu_key = (self, "cpu")
             if cpu_key not in _LOADED:
-                data = self._make_data()
-                data.check(self.name)
+                data = self.make_data()
+                # cross entropy, the default loss, needs class indices; other losses decide
+                data.check(self.name, class_targets=type(self).loss is Task.loss)
                 _LOADED[cpu_key] = data
             _LOADED[key] = _LOADED[cpu_key].to(device)
         return _LOADED[key]
@@ -97,6 +132,10 @@ class Task(ABC):
     def correct(self, output: Tensor, target: Tensor) -> Tensor:
         """Number of predictions equal to their target (a 0-dim tensor)."""
         return (output.argmax(dim=-1) == target).sum()
+
+    def metric(self, output: Tensor, target: Tensor) -> Tensor:
+        """The batch's sum of the task's metric; by default ``correct``."""
+        return self.correct(output, target)
 
     def count(self, target: Tensor) -> int:
         """Number of predictions in the batch."""
@@ -114,6 +153,25 @@ class Task(ABC):
         return (f"{self.name}: {len(data.train_x)} train / {len(data.val_x)} val / "
                 f"{len(data.test_x)} test, inputs {shape}; child {self.child}, "
                 f"{self.parameter_count():,} parameters")
+
+
+def reward(task: object, metric: float) -> float:
+    """The reward of a task's validation ``metric``: the metric itself when higher is
+    better, ``1 / (1 + metric)`` when lower is better (the metric must be >= 0)."""
+    if getattr(task, "higher_is_better", True):
+        return metric
+    if metric < 0:
+        raise ValueError(f"{getattr(task, 'name', task)}: its metric "
+                         f"{getattr(task, 'metric_name', 'metric')} is {metric!r}; a metric "
+                         "where lower is better must be non-negative")
+    return 1.0 / (1.0 + metric)
+
+
+def reward_rule(task: object) -> str:
+    """How the task's reward is made, in words: ``validation accuracy``,
+    ``1/(1+validation mse)``."""
+    name = f"validation {getattr(task, 'metric_name', 'accuracy')}"
+    return name if getattr(task, "higher_is_better", True) else f"1/(1+{name})"
 
 
 def default_device() -> torch.device:

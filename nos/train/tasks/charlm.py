@@ -110,6 +110,7 @@ class CharLM(Task):
     batch_size: ClassVar[int] = 32
     epochs: ClassVar[int] = 3
     child: ClassVar[str] = "LSTM (embedding 32, hidden 128)"
+    path_options: ClassVar[tuple[str, ...]] = ("path",)
 
     path: str | None = None
     seq_len: int = 64
@@ -119,7 +120,7 @@ class CharLM(Task):
             object.__setattr__(self, "path", str(self.path))
         check_count(self.name, "seq_len", self.seq_len)
 
-    def _make_data(self) -> TaskData:
+    def make_data(self) -> TaskData:
         text = _read_text(self.path)
         index = {char: i + 1 for i, char in enumerate(vocabulary(self.path))}
         ids = np.fromiter((index.get(char, UNKNOWN) for char in text), np.int64, len(text))

@@ -160,6 +160,7 @@ class Cifar10(Task):
     batch_size: ClassVar[int] = 128
     epochs: ClassVar[int] = 5
     child: ClassVar[str] = "ConvNet (conv 32, pool, conv 64, pool, linear)"
+    path_options: ClassVar[tuple[str, ...]] = ("data_dir",)
 
     data_dir: str | None = None
     val_fraction: float = 0.1
@@ -175,7 +176,7 @@ class Cifar10(Task):
     def directory(self) -> Path:
         return Path(self.data_dir) if self.data_dir is not None else cache_dir() / "cifar10"
 
-    def _make_data(self) -> TaskData:
+    def make_data(self) -> TaskData:
         train_x, train_y, test_x, test_y = read_cifar10(self.directory())
         if self.limit is not None:
             train_x, train_y = train_x[:self.limit], train_y[:self.limit]

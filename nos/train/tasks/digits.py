@@ -33,7 +33,7 @@ class Digits(Task):
     def __post_init__(self) -> None:
         check_fraction(self.name, "val_fraction", self.val_fraction)
 
-    def _make_data(self) -> TaskData:
+    def make_data(self) -> TaskData:
         from sklearn.datasets import load_digits
 
         images, labels = load_digits(return_X_y=True)

@@ -100,7 +100,7 @@ class Mnist1D(Task):
         check_count(self.name, "num_samples", self.num_samples, minimum=20)
         check_fraction(self.name, "val_fraction", self.val_fraction)
 
-    def _make_data(self) -> TaskData:
+    def make_data(self) -> TaskData:
         arrays = load_arrays(generation_args(self.seed, self.num_samples))
         train, val = split_indices(len(arrays["y"]), self.val_fraction, self.name)
 

@@ -302,8 +302,7 @@ class Search:
             asked_batches = max((e.batch for e in store.evaluations()), default=-1) + 1
             queue = deque(self._admit(store, store.pending()))
             self._load_funnel(store)
-            records = [source.record() for source in self.sources.values()]
-            store.set_note("tasks", [{**records[0], **self.task_note}, *records[1:]])
+            self._note_tasks(store)
             need = workers_wanted * self.config["workers"]["num_cpus"]
             started_ray = start_ray(self.address, need, self.config["workers"]["num_gpus"]
                                     * workers_wanted or None, dashboard=self.dashboard,
@@ -318,6 +317,19 @@ class Search:
 
                     ray.shutdown()
             return self._summary(store, time.time() - start)
+
+    def _note_tasks(self, store: Store) -> None:
+        """Keep where each task came from in the run's meta; a resumed run whose task file
+        changed says so (the run goes on with the file as it is now)."""
+        import sys
+
+        records = [source.record() for source in self.sources.values()]
+        before = {r["name"]: r.get("sha256") for r in store.note("tasks") or []}
+        for r in records:
+            if r.get("sha256") and before.get(r["name"], r["sha256"]) != r["sha256"]:
+                print(f"nos search: warning: task file {r['path']} has changed since this "
+                      f"run last started", file=sys.stderr)
+        store.set_note("tasks", [{**records[0], **self.task_note}, *records[1:]])
 
     def _loop(self, store: Store, pool: _Pool, queue: deque, next_tell: int,
               asked_batches: int) -> None:

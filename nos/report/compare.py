@@ -76,7 +76,9 @@ def comparison_table(trials: Sequence[Trials], first: str = "rule") -> str:
     rows = [[t.name, t.mean, t.std, t.test_mean, t.lrs or "-", ",".join(t.statuses),
              sum(r.seconds for r in t.results) / len(t.results),
              "" if t.name == t.rule else one_line(t.rule)] for t in trials]
-    return table([first, "reward", "± std", "test", "lr", "status", "s/run", "text"], rows)
+    metric = next((r.metric for t in trials for r in t.results), "accuracy")
+    test = "test" if metric == "accuracy" else f"test {metric}"  # the raw metric, not a reward
+    return table([first, "reward", "± std", test, "lr", "status", "s/run", "text"], rows)
 
 
 def plot_trials(trials: Sequence[Trials], path: str, title: str) -> None:

@@ -1,4 +1,4 @@
-"""The ``nos`` command line: parse, eval, baselines, search, inspect.
+"""The ``nos`` command line: parse, eval, baselines, search, inspect, export.
 
 Bad input gets a clear message on stderr and exit status 2, never a
 traceback; nothing on disk is changed by a command that fails that way.
@@ -400,8 +400,59 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_inspect)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nos.export.optax_module import optax_source
+    from nos.export.torch_module import torch_source
+    from nos.optim.baselines import BASELINES
+
+    try:  # a named rule goes by name: its lr and its class name come with it
+        rule = args.rule if args.rule in BASELINES else resolve_rule(args.rule)
+    except RuleSyntaxError as err:
+        where = f"line {err.line}, column {err.column}: {err.reason}"
+        if args.rule.isidentifier():
+            raise UsageError(f"unknown rule {args.rule!r}: neither a named rule "
+                             f"({', '.join(BASELINES)}) nor rule text ({where})") from None
+        raise UsageError(where) from None
+    if args.output:
+        _check_writable(args.output)
+        if Path(args.output).is_dir():
+            raise UsageError(f"cannot write {args.output}: it is a directory")
+    write = torch_source if args.torch else optax_source
+    source = write(rule, name=args.name, lr=args.lr)
+    if not args.output:
+        sys.stdout.write(source)
+        return 0
+    Path(args.output).write_text(source)
+    print(f"nos export: {'torch' if args.torch else 'optax'} module written to {args.output}",
+          file=sys.stderr)
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write a rule as a standalone torch or optax module",
+                       description="Write RULE (rule text, a file, '-' or a named rule) as a "
+                       "standalone Python module that does not import nos: a "
+                       "torch.optim.Optimizer subclass (--torch) or an optax "
+                       "GradientTransformation (--optax), with the rule's params as keywords "
+                       "and its text and LaTeX in the docstring.")
+    p.add_argument("rule", metavar="RULE")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--torch", action="store_true", help="a torch.optim.Optimizer subclass")
+    target.add_argument("--optax", action="store_true", help="an optax GradientTransformation")
+    p.add_argument("--name", default=None,
+                   help="the class (torch) or function (optax) name; default from the rule's "
+                   "name, else ExportedRule / exported_rule")
+    p.add_argument("--lr", type=float, default=None,
+                   help="the default learning rate (default: the named rule's, else 1e-3)")
+    p.add_argument("-o", "--output", default=None, metavar="FILE",
+                   help="write the module here (default: standard output)")
+    p.set_defaults(handler=cmd_export)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_parse, _add_eval, _add_baselines, _add_search, _add_inspect,
+    _add_parse, _add_eval, _add_baselines, _add_search, _add_inspect, _add_export,
 ]
 
 

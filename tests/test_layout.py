@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"nos": ROOT / "nos", "nos.controllers": ROOT / "controllers",
             "nos.grammar": ROOT / "grammar"}
 # The pipeline, lowest stage first: a module may import its own stage and those before it.
-STAGES = [("nos.lang",), ("nos.compile",), ("nos.optim",), ("nos.train",),
+STAGES = [("nos.lang",), ("nos.compile",), ("nos.optim",), ("nos.export",), ("nos.train",),
           ("nos.search", "nos.controllers"), ("nos.report",), ("nos.cli",), ("nos",)]
 
 

@@ -1,0 +1,310 @@
+"""``nos export --torch``: the written module, imported on its own from its file, steps as
+nos.Optimizer does.
+
+One harness (``run_both``) drives every case: four float64 tensors in two param groups
+(a matrix and a 0-d tensor with the optimizer's keywords; a vector and a 3-d tensor with
+their own lr and every param of the rule at another valid value), 100 steps of N(0, s^2)
+gradients fed to both optimizers (s in 0.01, 1, 100 by case), the vector without a
+gradient at one step in seven (it falls behind: its own step number, its own bucket);
+halfway the exported optimizer is replaced by a new one loaded from its state dict (saved
+with ``torch.save``, read with ``torch.load(weights_only=True)``).  Every parameter is
+compared after every step and every buffer at the end (tests/export/helpers.py: scaled
+error under 1e-10).  Random rules run seeded: the export draws nos.Optimizer's samples.
+
+Cases: every named rule; rules that pin down the semantics (IEEE scalars, sign of nan,
+pow at -0 and -inf, the floored modulo of rd, buffers that copy one another, the
+regressions the differential tests found) on gradients with zeros, infinities and nans;
+40 random rules of the search space in the normal run and 200 behind the slow mark.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import io
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+import nos
+from nos.export.plan import ExportError
+from nos.export.torch_module import torch_source
+from tests.export.helpers import check_agree, load_module, other_values, space_rules
+
+STEPS = 100
+RESUME = 50
+TOTAL_STEPS = 60  # below STEPS, so the schedules' s is clamped to T at the end
+SHAPES = (((3, 4), ()), ((5,), (2, 1, 3)))  # two param groups
+SKIPPING = 2  # the vector: no gradient at one step in seven
+SCALES = (1.0, 0.01, 100.0)
+BASELINES = list(nos.baselines())
+RANDOM_RULES = space_rules(200)
+
+# Rules that pin down the language's semantics (run on gradients with special values).
+SEMANTICS = [
+    "sign(log(g))",  # torch.sign(nan) is 0; the language's is nan
+    "g + 0 * log(g - g)",  # 0 * nan is nan, not 0
+    "clip((-(g - g))^(-0.5), 1)",  # pow(-0, -0.5) is +inf (rsqrt gives -inf)
+    "min(log(0 * g)^0.5, 1) + g",  # pow(-inf, 0.5) is +inf (sqrt gives nan)
+    "g^0.5 + g^(-0.5) + g^3 + g^(-1) + g^0 + abs(g)^1.5 + 2^g",
+    "rd(-1) * g + rd(3) * g + cd(0.5) * g + cd(t) * g + ld * g",  # rd's floored modulo
+    # scalars: IEEE results where Python's float maths raises
+    "clip(0^(0 - 1), 2) * g + min(exp(1000), 3) * g + max(log(0), -1) * g"
+    " + clip((0 - 10)^401, 2) * g + sign(1 / 0) * g + sign((0 - 1) / 0) * g + exp(-(1 / 0)) * g",
+    "g + (0 - 8)^(1 / 3)",  # nan, not a complex number
+    "g + max(sqrt(0 - 4), 1)",  # max propagates nan
+    "g + clip(1, 0 / 0) * log(0 - 1)",
+    "max(0 / 0, g)",
+    "max(g, w) + min(g, 1) + max(2, g) + clip(g, abs(w)) + clip(3, 1) * g + clip(g, 0 - 1)",
+    # regressions the differential tests found in the compiler (tests/compile)
+    "state s = 0.1 * s + 0.9 * exp(exp(g))\nupdate = min(s, 1)",
+    "state s = clip(s + g, s + g)\nupdate = s + 2 * (g - 1) + 3 * (g - 1)",
+    "param beta = 0.9\nstate m = beta * m + (1 - beta) * g\nupdate = m - p\nstate p = m",
+    "update = s0 + w\nstate s1 = w\nstate s0 = s1",
+    # buffers that copy a tensor or take a scalar, scalar updates
+    "let a = g\nstate s = a\nstate c = s\nstate one = 1\nupdate = s + c * one + w",
+    "update = t + T",
+    "state n = n + 1\nupdate = n * g",
+    # random: the same samples as nos.Optimizer
+    "drop(g, 0) + drop(g, 1) + drop(g, 2) + drop(g, 0.3 * ld) + drop(3, 0.5)",
+    "annealed_noise * g + noise + drop(noise, 0.5) + clip(drop(m_hat, t / 10), 1)",
+    # names that are Python keywords, builtins or the generated code's own
+    "param lambda = 0.5 in [0, 1]\nparam torch = 2\nparam self = 1\nlet _pow = g * lambda\n"
+    "state group = group + drop(_pow, 0.2) + noise\nupdate = group * torch * cd(1) + self",
+    "adam + rmsprop + gamma_hat + m_hat * v_hat",
+]
+SPECIAL = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-300, -1e300, 5.0, -3.0, 0.5])
+
+
+def exported_class(rule: str, folder, stem: str) -> type:
+    return load_module(torch_source(rule, name="Exported"), folder, stem).Exported
+
+
+def keywords(rule: nos.Rule, lr: float = 0.01) -> dict:
+    kwargs: dict = {"lr": lr}
+    if rule.needs_total_steps:
+        kwargs["total_steps"] = TOTAL_STEPS
+    if rule.is_random:
+        kwargs["seed"] = 7
+    return kwargs
+
+
+def reloaded(opt: torch.optim.Optimizer, cls: type, groups: list, kwargs: dict):
+    buffer = io.BytesIO()
+    torch.save(opt.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = cls(groups, **kwargs)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    return fresh
+
+
+def gradient(rng: np.random.Generator, shape: tuple, scale: float, special: bool) -> np.ndarray:
+    g = rng.standard_normal(shape) * scale
+    if special:  # a tenth of the elements take a special value (zeros, infinities, nan)
+        mask = rng.random(shape) < 0.1
+        g = np.where(mask, rng.choice(SPECIAL, size=shape), g)
+    return np.asarray(g, dtype=np.float64)
+
+
+def run_both(rule: str, cls: type, kwargs: dict, group1: dict, scale: float = 1.0,
+             special: bool = False, steps: int = STEPS, seed: int = 0) -> float:
+    """Steps nos.Optimizer and the exported class side by side (module docstring); returns
+    the largest scaled error."""
+    rng = np.random.default_rng(seed)
+    start = [[rng.standard_normal(shape) for shape in group] for group in SHAPES]
+
+    def tensors():
+        return [[torch.tensor(x, requires_grad=True) for x in group] for group in start]
+
+    def groups(params):
+        return [{"params": params[0]}, {"params": params[1], **group1}]
+
+    ours, theirs = tensors(), tensors()
+    reference = nos.Optimizer(groups(theirs), rule, **kwargs)
+    exported = cls(groups(ours), **kwargs)
+    flat_ours, flat_theirs = sum(ours, []), sum(theirs, [])
+    largest = [np.abs(x) for group in start for x in group]
+    worst = 0.0
+    for k in range(steps):
+        if k == RESUME:
+            exported = reloaded(exported, cls, groups(ours), kwargs)
+        for i, (a, b) in enumerate(zip(flat_ours, flat_theirs)):
+            if i == SKIPPING and k % 7 == 3:
+                a.grad = b.grad = None
+                continue
+            g = gradient(rng, tuple(a.shape), scale, special)
+            a.grad, b.grad = torch.tensor(g), torch.tensor(g)
+        reference.step()
+        exported.step()
+        for i, (a, b) in enumerate(zip(flat_ours, flat_theirs)):
+            expected = b.detach().numpy()
+            largest[i] = np.fmax(largest[i], np.abs(expected))
+            worst = max(worst, check_agree(a.detach().numpy(), expected, largest[i],
+                                           f"{rule!r}, step {k + 1}, tensor {i}"))
+    for a, b in zip(flat_ours, flat_theirs):
+        mine, theirs_state = exported.state[a], reference.state[b]
+        assert set(mine) == set(theirs_state), (rule, set(mine), set(theirs_state))
+        assert int(mine["step"]) == theirs_state["step"]
+        for name in set(mine) - {"step"}:
+            expected = theirs_state[name].numpy()
+            finite = expected[np.isfinite(expected)]
+            scale = np.abs(finite).max() if finite.size else 0.0
+            worst = max(worst, check_agree(mine[name].numpy(), expected, scale,
+                                           f"{rule!r}, buffer {name}"))
+    return worst
+
+
+def check_rule(rule: str, tmp_path, index: int, special: bool = False) -> float:
+    parsed = nos.parse(nos.baselines()[rule].text) if rule in nos.baselines() else nos.parse(rule)
+    cls = exported_class(rule, tmp_path, f"rule{index}")
+    return run_both(rule, cls, keywords(parsed), {"lr": 0.005, **other_values(parsed)},
+                    scale=SCALES[index % len(SCALES)], special=special, seed=index)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_every_named_rule_steps_as_nos_optimizer(name, tmp_path):
+    check_rule(name, tmp_path, BASELINES.index(name))
+
+
+@pytest.mark.parametrize("rule", SEMANTICS, ids=range(len(SEMANTICS)))
+def test_the_semantics_hold_on_special_values(rule, tmp_path):
+    check_rule(rule, tmp_path, SEMANTICS.index(rule), special=True)
+
+
+@pytest.mark.parametrize("index", range(40))
+def test_random_rules_of_the_search_space(index, tmp_path):
+    check_rule(RANDOM_RULES[index], tmp_path, index)
+
+
+@pytest.mark.slow
+def test_two_hundred_random_rules_of_the_search_space(tmp_path):
+    for index, rule in enumerate(RANDOM_RULES):
+        check_rule(rule, tmp_path, index)
+
+
+def test_without_a_seed_random_rules_draw_from_torchs_global_generator(tmp_path):
+    rule = "drop(m_hat, 0.3) + noise + annealed_noise"
+    cls = exported_class(rule, tmp_path, "unseeded")
+    results = []
+    for make in (lambda ps: nos.Optimizer(ps, rule, lr=0.1), lambda ps: cls(ps, lr=0.1)):
+        torch.manual_seed(3)
+        w = torch.zeros(1000, dtype=torch.float64, requires_grad=True)
+        opt = make([w])
+        for _ in range(3):
+            w.grad = torch.ones_like(w)
+            opt.step()
+        results.append(w.detach().clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-15)
+    assert results[0].std() > 0.01
+
+
+def test_keywords_are_honoured_per_group_too(tmp_path):
+    cls = exported_class("adam", tmp_path, "adam")
+    values = {"beta1": 0.5, "beta2": 0.9, "eps": 1e-3, "wd": 0.1}
+    check = run_both("adam", cls, {"lr": 0.01, **values}, {"lr": 0.02, "beta1": 0.8},
+                     steps=20)
+    assert check <= 1e-10
+    w = torch.ones(3, dtype=torch.float64, requires_grad=True)
+    opt = cls([w], lr=0.01, **values)
+    assert {k: opt.param_groups[0][k] for k in values} == values
+    assert opt.defaults["lr"] == 0.01 and cls([w]).defaults["lr"] == 1e-3  # adam's own lr
+    defaults_run, honoured_run = ([torch.ones(3, dtype=torch.float64, requires_grad=True)]
+                                  for _ in range(2))
+    for params, kwargs in ((defaults_run, {}), (honoured_run, values)):
+        opt = cls(params, lr=0.1, **kwargs)
+        for _ in range(3):
+            params[0].grad = torch.full((3,), 0.5, dtype=torch.float64)
+            opt.step()
+    assert not torch.equal(defaults_run[0], honoured_run[0])
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    ({"beta1": 1.0}, ValueError, "Invalid beta1: 1.0, must be in [0, 1)"),
+    ({"beta2": -0.1}, ValueError, "Invalid beta2: -0.1, must be in [0, 1)"),
+    ({"eps": float("nan")}, ValueError, "Invalid eps: nan, must be in [0, inf)"),
+    ({"wd": "0.1"}, ValueError, "Invalid wd: '0.1', must be a number"),
+    ({"lr": -1.0}, ValueError, "Invalid lr: -1.0, must be >= 0"),
+    ({"betas": (0.9, 0.99)}, TypeError, "betas"),
+])
+def test_bad_keywords_are_refused(kwargs, error, message, tmp_path):
+    cls = exported_class("adam", tmp_path, "adam")
+    w = torch.ones(3, requires_grad=True)
+    with pytest.raises(error, match=None) as caught:
+        cls([w], **kwargs)
+    assert message in str(caught.value)
+
+
+def test_groups_and_settings_are_checked(tmp_path):
+    cls = exported_class("powersign_cd", tmp_path, "powersign_cd")
+    w = torch.ones(3, requires_grad=True)
+    with pytest.raises(ValueError, match="pass total_steps"):
+        cls([w])
+    with pytest.raises(ValueError, match="Invalid total_steps: 0"):
+        cls([w], total_steps=0)
+    opt = cls([w], total_steps=10, periods=2.0)
+    with pytest.raises(ValueError, match=r"Invalid periods: 0, must be in \(0, inf\)"):
+        opt.add_param_group({"params": [torch.ones(2, requires_grad=True)], "periods": 0})
+    with pytest.raises(ValueError, match="unknown hyperparameter 'momentum'.*beta1, base, "
+                       "periods"):
+        opt.add_param_group({"params": [torch.ones(2, requires_grad=True)], "momentum": 0.5})
+    random = exported_class("noise", tmp_path, "noise")
+    with pytest.raises(ValueError, match="Invalid seed"):
+        random([w], seed="one")
+    w.grad = torch.ones(3).to_sparse()
+    with pytest.raises(RuntimeError, match="sparse"):
+        opt.step()
+
+
+def test_a_closure_and_a_plain_loop_work(tmp_path):
+    cls = exported_class("lion", tmp_path, "lion")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    opt = cls(model.parameters(), lr=0.01)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        return loss
+
+    first = opt.step(closure).item()
+    for _ in range(30):
+        opt.step(closure)
+    assert closure().item() < first
+
+
+def test_unexportable_rules_and_names_are_refused():
+    with pytest.raises(ExportError, match="argument 2 of drop"):
+        torch_source("drop(g, g)")
+    with pytest.raises(ExportError, match="argument 1 of cd"):
+        torch_source("cd(g) * g")
+    with pytest.raises(ExportError, match="'lr' has the name of an argument"):
+        torch_source("param lr = 0.1\nupdate = lr * g")
+    with pytest.raises(ExportError, match="Python identifier"):
+        torch_source("adam", name="my optimizer")
+    with pytest.raises(ExportError, match="uses"):
+        torch_source("adam", name="torch")
+    with pytest.raises(nos.RuleSyntaxError):
+        torch_source("g +")
+
+
+def test_the_module_imports_torch_only_and_carries_its_rule(tmp_path):
+    source = torch_source("exp(sign(g) * sign(m)) * g", name="PowerSignish")
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module)
+    assert imported <= {"__future__", "math", "collections.abc", "typing", "torch"}, imported
+    module = load_module(source, tmp_path, "powersignish")
+    doc = inspect.cleandoc(module.PowerSignish.__doc__)
+    assert "state m = beta1 * m + (1 - beta1) * g" in doc  # the prelude it uses
+    latex = nos.parse("exp(sign(g) * sign(m)) * g").expanded().latex()
+    assert textwrap.indent(latex, "    ") in doc  # a literal block
+    assert "beta1 = 0.9 in [0, 1)" in doc
+    assert nos.parse(module.RULE) == nos.parse("exp(sign(g) * sign(m)) * g")
+    assert module.BUFFERS == ("m",)

@@ -8,9 +8,10 @@ the rule text first trained.  Promotion is asynchronous, in the manner of ASHA
 soon as a candidate ranks among the top ``promote`` fraction of the candidates
 finished at the stage below, its trainings at the next stage are queued, so no
 worker waits for a stage to end.  A stage's ``max_rules`` caps how many search
-candidates it takes; such a stage waits until ``max_rules / promote`` candidates
-have finished below it (or the search is over), so that the first to finish do
-not take every place.
+candidates it takes: such a stage (the final few) is filled once the search and
+the stages below it are settled, with the best of the top fraction, so that
+the first to finish do not take every place; the baselines' trainings there,
+and the lower stages, keep the workers busy until then.
 
 The named baselines go through every stage under the same protocol: the same
 seeds, epochs, tasks and learning-rate grids, promoted as soon as they finish
@@ -339,10 +340,10 @@ def new_trials(config: dict, funnel: Funnel, pool: dict[str, Candidate],
     """The trainings to queue now: the baselines' first ones, and every promotion due.
 
     ``settled``: the search has made and evaluated all its proposals.  A stage with
-    ``max_rules`` promotes only once enough candidates have finished below it for its
-    top fraction to hold ``max_rules`` (``max_rules / promote``), so that the first
-    finishers do not fill it; or, once the stages below are settled, the best of
-    what they have (at least one).
+    ``max_rules`` (the final few) takes the best ``max_rules`` of the top fraction once
+    the search and the stages below it are settled, so that the first finishers do not
+    take its places; an uncapped stage promotes as soon as a rule ranks in its top
+    fraction, and once settled takes at least one.  Baselines go on at once.
     """
     seed = config["search"]["seed"]
     task = config["task"]["name"]
@@ -364,13 +365,8 @@ def new_trials(config: dict, funnel: Funnel, pool: dict[str, Candidate],
         allowed = math.floor(stage.promote * len(search) + 1e-9)
         settled = settled and all(c.complete(j, t) for c in pool.values()
                                   for j in range(k) for t in c.trials.get(j, {}))
-        if stage.max_rules is not None:
-            enough = len(search) >= math.ceil(stage.max_rules / stage.promote - 1e-9)
-            if settled and search:
-                allowed = max(allowed, 1)
-            elif not enough:
-                allowed = 0
-            allowed = min(allowed, stage.max_rules)
+        if stage.max_rules is not None:  # the best few, once everything below is in
+            allowed = min(stage.max_rules, max(allowed, 1)) if settled and search else 0
         elif settled and search:
             allowed = max(allowed, 1)
         taken = sum(1 for c in pool.values() if c.source == "search" and k in c.trials)

@@ -67,8 +67,10 @@ def test_the_funnel_promotes_the_top_fraction_and_every_baseline(funnel_run):
     # every search candidate in the top fraction of the stage below, by the end, was promoted
     search = [c for c in pool.values() if c.source == "search"]
     ranked = sorted(search, key=lambda c: (-c.score(0, "mnist1d"), c.origin))
-    top = ranked[:math.floor(0.5 * len(ranked))]
+    baselines = {c.fingerprint for c in pool.values() if c.source == "baseline"}
+    top = [c for c in ranked[:math.floor(0.5 * len(ranked))] if c.fingerprint not in baselines]
     assert top and all(1 in c.trials for c in top)
+    assert not [c for c in search if c.fingerprint in baselines and c.trials]
     promoted = [c for c in search if 1 in c.trials]
     assert len({c.fingerprint for c in promoted}) == len(promoted)  # distinct behaviours
     assert 1 <= sum(1 for c in search if 2 in c.trials) <= 1  # max_rules

@@ -48,6 +48,7 @@ from nos.lang.rule import parse
 from nos.search import config as cfg
 from nos.search import faults
 from nos.search import funnel as fn
+from nos.search.devices import local_gpus, poisoned
 from nos.search.space import Space, SpaceConfig
 from nos.search.store import Evaluation, Store
 
@@ -77,6 +78,19 @@ def _raised_in_task(err: Exception) -> bool:
 
     return (isinstance(err, ray.exceptions.RayTaskError)
             and not isinstance(getattr(err, "cause", None), ray.exceptions.RayError))
+
+
+def _details(result: dict) -> dict:
+    """What a training's row keeps beyond its columns: curves, the grid, where it ran."""
+    return {key: result.get(key) for key in ("loss_curve", "val_curve", "grid", "steps",
+                                             "val_loss", "val_metric", "device")}
+
+
+def _message(err: Exception) -> str:
+    """The first line of what went wrong: a task's own exception, not Ray's wrapper."""
+    cause = getattr(err, "cause", None) or err
+    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
 
 
 @dataclass
@@ -150,6 +164,8 @@ class Search:
         self.config = config
         self.out = Path(out)
         self.address = address
+        # a local Ray gets the GPUs this machine has; refused now if the workers need more
+        self.gpus = None if address else local_gpus(config["workers"]["num_gpus"])
         self.progress = progress
         self.space = Space(SpaceConfig.from_dict(config["space"]))
         search = config["search"]
@@ -304,8 +320,7 @@ class Search:
             self._load_funnel(store)
             self._note_tasks(store)
             need = workers_wanted * self.config["workers"]["num_cpus"]
-            started_ray = start_ray(self.address, need, self.config["workers"]["num_gpus"]
-                                    * workers_wanted or None, dashboard=self.dashboard,
+            started_ray = start_ray(self.address, need, self.gpus, dashboard=self.dashboard,
                                     runtime_env=runtime_env(self.sources, self.out))
             try:
                 pool = _Pool(self.config, make_workers(self.config, workers_wanted,
@@ -386,22 +401,27 @@ class Search:
                 try:
                     result = ray.get(future)
                 except ray.exceptions.RayError as err:
-                    if _raised_in_task(err):  # the worker is fine; the evaluation failed
-                        self._record_error(store, job, err)
-                        finished = True
+                    if _raised_in_task(err) and not poisoned(str(err)):
+                        self._record_error(store, job, err)  # the evaluation failed, not
+                        finished = True                     # the worker
                         pool.idle.append(job.worker)
-                    else:  # the worker is gone
+                    else:  # the worker is gone, or its CUDA context is: retire it
                         finished = self._failed_attempt(store, job, queue, err)
                         pool.replace(job.worker)
                 else:
-                    faults.check("driver.record")
-                    if job.trial:
-                        faults.check("driver.trial")
-                        self._record_trial(store, job.row, result)
+                    if result["status"] == "failed" and poisoned(result["error"]):
+                        finished = self._failed_attempt(store, job, queue,
+                                                        RuntimeError(result["error"]))
+                        pool.replace(job.worker)  # its CUDA context is broken: retire it
                     else:
-                        self._record(store, job.row, result)
-                    finished = True
-                    pool.idle.append(job.worker)
+                        faults.check("driver.record")
+                        if job.trial:
+                            faults.check("driver.trial")
+                            self._record_trial(store, job.row, result)
+                        else:
+                            self._record(store, job.row, result)
+                        finished = True
+                        pool.idle.append(job.worker)
                 if finished and not job.trial:
                     self._release(store, job.row, queue)
                 if finished:
@@ -475,10 +495,7 @@ class Search:
         return out
 
     def _record_trial(self, store: Store, trial: dict, result: dict) -> None:
-        details = {"loss_curve": result["loss_curve"], "val_curve": result["val_curve"],
-                   "grid": result["grid"], "steps": result["steps"],
-                   "val_loss": result["val_loss"], "epochs": result["epochs"],
-                   "val_metric": result["val_metric"]}
+        details = {**_details(result), "epochs": result["epochs"]}
         store.record_trial(trial["id"], status=result["status"], reward=result["reward"],
                            lr=result["lr"], test_metric=result["test_metric"],
                            seconds=result["seconds"], worker=result["worker"],
@@ -487,9 +504,7 @@ class Search:
             self._add_curve(trial["stage"], trial["task"], result["val_curve"])
 
     def _record(self, store: Store, row: Evaluation, result: dict) -> None:
-        details = {"loss_curve": result["loss_curve"], "val_curve": result["val_curve"],
-                   "grid": result["grid"], "steps": result["steps"],
-                   "val_loss": result["val_loss"], "val_metric": result["val_metric"]}
+        details = _details(result)
         if result["status"] == "ok":
             self._add_curve(0, self.config["task"]["name"], result["val_curve"])
         store.record(row.id, status=result["status"], reward=result["reward"], lr=result["lr"],
@@ -500,10 +515,7 @@ class Search:
     def _record_error(self, store: Store, job: _Job, err: Exception) -> None:
         """An exception raised by the evaluation itself: it would raise again, so it is
         recorded ``failed`` with its message at once."""
-        cause = getattr(err, "cause", None) or err
-        text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-        message = f"{type(cause).__name__}: {text}" if text else type(cause).__name__
-        self._finish(store, job, "failed", message[:500])
+        self._finish(store, job, "failed", _message(err)[:500])
 
     def _finish(self, store: Store, job: _Job, status: str, error: str) -> None:
         """Record a job that has no result with the floor reward."""
@@ -519,7 +531,7 @@ class Search:
                             if t["id"] == job.row["id"])
         else:
             attempts = store.get(job.row.id).attempts
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = _message(err)
         if attempts < self.max_attempts:
             (self.trial_queue if job.trial else queue).appendleft(job.row)
             return False

@@ -15,7 +15,8 @@ checkpoint not yet written), ``driver.checkpoint`` (just after a checkpoint),
 ``worker.evaluate`` (in a worker, before training), ``worker.hang``,
 which makes the worker sleep forever instead of dying, and ``worker.raise``,
 which makes the evaluation raise :class:`InjectedError` (as a bug in a child
-network would) and leaves the worker alive.
+network would) and leaves the worker alive, and ``worker.cuda``, which raises the
+error of a lost CUDA context (the driver then retires the worker).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ def _due(point: str, text: str) -> bool:
 
 class InjectedError(Exception):
     """Raised where NOS_FAULTS asks for an exception (``fail``)."""
+
+
+def cuda(point: str, text: str = "") -> None:
+    """Raise the RuntimeError torch raises when a CUDA context is lost, if NOS_FAULTS asks."""
+    if _due(point, text):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
 
 
 def fail(point: str, text: str = "") -> None:

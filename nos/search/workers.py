@@ -42,7 +42,7 @@ def start_ray(address: str | None, num_cpus: float, num_gpus: float | None = Non
         return True
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = {"num_cpus": max(1, int(round(num_cpus)))}
-    if num_gpus:
+    if num_gpus is not None:  # this machine's GPUs (nos.search.devices.local_gpus)
         kwargs["num_gpus"] = num_gpus
     ray.init(address="local", include_dashboard=dashboard, _node_ip_address="127.0.0.1",
              **kwargs, **common)
@@ -92,13 +92,14 @@ class EvalWorker:
     ``sources`` maps each task's name in the config to its ``TaskSource``."""
 
     def __init__(self, sources: dict, task: str, task_options: dict, evaluation: dict,
-                 threads: int) -> None:
+                 threads: int, num_gpus: float = 0.0) -> None:
         import torch
 
-        from nos.train.tasks import default_device
+        from nos.search.devices import worker_device
 
         torch.set_num_threads(max(1, threads))
-        self.device = default_device()
+        self.device = worker_device(num_gpus, ray.get_gpu_ids(),
+                                    os.environ.get("CUDA_VISIBLE_DEVICES"))
         self.sources = sources
         self.task = sources[task].make(task_options)
         self.task.load(self.device)
@@ -139,11 +140,12 @@ class EvalWorker:
         faults.check("worker.evaluate", rule)
         faults.hang("worker.hang", rule)
         faults.fail("worker.raise", rule)
+        faults.cuda("worker.cuda", rule)
         started = time.time()
-        result = evaluate(rule, task, seed=seed, **settings)
+        result = evaluate(rule, task, seed=seed, device=self.device, **settings)
         out = result.to_dict()
-        out.update(ids, worker=self.name, node=self.node, started=started,
-                   finished=time.time())
+        out.update(ids, worker=self.name, node=self.node, device=str(self.device),
+                   started=started, finished=time.time())
         return out
 
 
@@ -172,5 +174,6 @@ def make_workers(config: dict, count: int, sources: dict | None = None) -> list:
     sources = sources or {task: resolve_task(task)}
     task_options = {k: v for k, v in config["task"].items() if k != "name"}
     return [EvalWorker.options(**options).remote(sources, task, task_options,
-                                                 evaluation_kwargs(config), w["threads"])
+                                                 evaluation_kwargs(config), w["threads"],
+                                                 w["num_gpus"])
             for _ in range(count)]

@@ -28,13 +28,14 @@ from tests.helpers import check_run  # noqa: E402
 KILLER = "13.125"  # a worker dies on any rule containing this
 HANGER = "7.375"  # a worker hangs on any rule containing this
 RAISER = "5.625"  # an evaluation raises (the worker lives) on any rule containing this
+CUDA_LOST = "3.875"  # an evaluation raises a lost CUDA context's error on any such rule
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     os.environ["NOS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     os.environ["NOS_FAULTS"] = (f"worker.evaluate:{KILLER},worker.hang:{HANGER},"
-                                f"worker.raise:{RAISER}")
+                                f"worker.raise:{RAISER},worker.cuda:{CUDA_LOST}")
     ray.init(address="local", num_cpus=2, include_dashboard=False,
              _node_ip_address="127.0.0.1", log_to_driver=False)
     del os.environ["NOS_FAULTS"]  # the workers keep it; this process and its drivers do not
@@ -81,6 +82,18 @@ def test_an_exception_in_the_evaluation_is_failed_at_once_and_the_worker_kept(cl
     assert rows[1].status == rows[2].status == "ok"
     assert rows[0].worker and rows[0].worker == rows[1].worker == rows[2].worker  # not replaced
     assert all(r.attempts == 1 for r in rows)
+
+
+def test_a_worker_whose_cuda_context_is_lost_is_retired_and_replaced(cluster, tmp_path):
+    config = make_config(search={"budget": 3, "batch": 3}, workers={"count": 1})
+    out = tmp_path / "run"
+    seeded_run(out, config, [f"sign(g) * {CUDA_LOST}", "sign(g)", "g"])
+    Search(config, out).run()
+    rows = check_run(out, 3)
+    assert rows[0].status == "failed" and rows[0].attempts == 2, rows[0]
+    assert "worker lost 2 times" in rows[0].error and "CUDA error" in rows[0].error
+    assert rows[1].status == rows[2].status == "ok"
+    assert rows[1].worker == rows[2].worker != rows[0].worker  # a fresh worker carried on
 
 
 def test_a_hung_evaluation_times_out_and_its_worker_is_replaced(cluster, tmp_path):

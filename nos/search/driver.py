@@ -38,7 +38,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -47,9 +46,10 @@ from nos.lang.parser import RuleSyntaxError
 from nos.lang.rule import parse
 from nos.search import config as cfg
 from nos.search import faults
-from nos.search import funnel as fn
 from nos.search.devices import local_gpus, poisoned
+from nos.search.pool import Job, WorkerPool, details, error_message, raised_in_task
 from nos.search.space import Space, SpaceConfig
+from nos.search.stages import Stages
 from nos.search.store import Evaluation, Store
 
 
@@ -68,90 +68,6 @@ class SearchSummary:
     @property
     def per_second(self) -> float:
         return self.finished / self.seconds if self.seconds > 0 else 0.0
-
-
-def _raised_in_task(err: Exception) -> bool:
-    """True when ``err`` is an exception the evaluation raised in a live worker (a bug in
-    a child network, a bad shape), False when the worker itself was lost (its process or
-    node died: RayActorError, ActorDiedError, WorkerCrashedError, ...)."""
-    import ray
-
-    return (isinstance(err, ray.exceptions.RayTaskError)
-            and not isinstance(getattr(err, "cause", None), ray.exceptions.RayError))
-
-
-def _details(result: dict) -> dict:
-    """What a training's row keeps beyond its columns: curves, the grid, where it ran."""
-    return {key: result.get(key) for key in ("loss_curve", "val_curve", "grid", "steps",
-                                             "val_loss", "val_metric", "device")}
-
-
-def _message(err: Exception) -> str:
-    """The first line of what went wrong: a task's own exception, not Ray's wrapper."""
-    cause = getattr(err, "cause", None) or err
-    text = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
-    return f"{type(cause).__name__}: {text}" if text else type(cause).__name__
-
-
-@dataclass
-class _Job:
-    """A training in flight: a search evaluation (``row``, an Evaluation) or one of the
-    funnel's trials (``row``, a dict), its worker, when it left and its time limit."""
-
-    row: Any
-    worker: Any
-    since: float
-    limit: float | None
-    trial: bool = False
-
-
-class _Pool:
-    """The workers: idle ones, and replacements for lost ones while they start.
-
-    A worker whose process died, or whose node went away, is not restarted in
-    place: a new actor is started wherever Ray finds room, and joins the idle
-    workers once it answers.  Until then the search goes on with the others.
-    """
-
-    def __init__(self, config: dict, workers: list, sources: dict | None = None) -> None:
-        import ray
-
-        self.config = config
-        self.sources = sources
-        self.idle = list(workers)
-        self.starting: dict = {}
-        self.names: dict = {}
-        for worker, (name, _) in zip(workers, ray.get([w.where.remote() for w in workers])):
-            self.names[worker] = name
-
-    def replace(self, worker) -> None:
-        import ray
-
-        from nos.search.workers import make_workers
-
-        ray.kill(worker, no_restart=True)
-        self.names.pop(worker, None)
-        new = make_workers(self.config, 1, self.sources)[0]
-        self.starting[new.where.remote()] = new
-
-    def started(self, future) -> None:
-        import ray
-
-        worker = self.starting.pop(future)
-        try:
-            self.names[worker] = ray.get(future)[0]
-        except ray.exceptions.RayError:
-            self.replace(worker)  # it died while starting: try again elsewhere
-            return
-        self.idle.append(worker)
-
-    def close(self) -> None:
-        import ray
-
-        for worker in list(self.starting.values()) + self.idle:
-            ray.kill(worker, no_restart=True)
-        self.starting.clear()
-        self.idle.clear()
 
 
 class Search:
@@ -179,13 +95,8 @@ class Search:
         self.max_attempts = config["workers"]["max_attempts"]
         self.time_limit = config["evaluation"]["time_limit"]
         self.floor = config["evaluation"]["floor"]
-        self.funnel = fn.parse_funnel(config["funnel"], config, "config") \
-            if "funnel" in config else None
-        self.stopping = fn.parse_stopping(config["stopping"], "config") \
-            if "stopping" in config else None
-        self.trial_queue: deque[dict] = deque()
-        self.settled = False  # every proposal made and evaluated: the funnel may finish
-        self.curves: dict[tuple[int, str], list[list[float]]] = {}  # finished val curves
+        self.stages = Stages(config)
+        self.funnel = self.stages.funnel
         self.sources = self._resolve_tasks(base_dir)
 
     def _resolve_tasks(self, base_dir: str | Path | None) -> dict:
@@ -317,13 +228,13 @@ class Search:
             next_tell = self._restore(store)
             asked_batches = max((e.batch for e in store.evaluations()), default=-1) + 1
             queue = deque(self._admit(store, store.pending()))
-            self._load_funnel(store)
+            self.stages.load(store)
             self._note_tasks(store)
             need = workers_wanted * self.config["workers"]["num_cpus"]
             started_ray = start_ray(self.address, need, self.gpus, dashboard=self.dashboard,
                                     runtime_env=runtime_env(self.sources, self.out))
             try:
-                pool = _Pool(self.config, make_workers(self.config, workers_wanted,
+                pool = WorkerPool(self.config, make_workers(self.config, workers_wanted,
                                                        self.sources), self.sources)
                 self._loop(store, pool, queue, next_tell, asked_batches)
             finally:
@@ -346,23 +257,23 @@ class Search:
                       f"run last started", file=sys.stderr)
         store.set_note("tasks", [{**records[0], **self.task_note}, *records[1:]])
 
-    def _loop(self, store: Store, pool: _Pool, queue: deque, next_tell: int,
+    def _loop(self, store: Store, pool: WorkerPool, queue: deque, next_tell: int,
               asked_batches: int) -> None:
         import ray
 
-        in_flight: dict = {}  # future -> _Job
+        in_flight: dict = {}  # future -> Job
         total = store.count()
         self.started = time.time()  # the workers are up: [search] seconds counts from here
         bar = self._bar(store) if self.progress else None
         while True:
-            while pool.idle and (self.trial_queue or queue or self._asking(total)):
-                if self.trial_queue:  # the funnel's trainings go first
-                    trial = self.trial_queue.popleft()
+            while pool.idle and (self.stages.queue or queue or self._asking(total)):
+                if self.stages.queue:  # the funnel's trainings go first
+                    trial = self.stages.queue.popleft()
                     worker = pool.idle.pop()
                     future = worker.trial.remote(trial["id"], trial["candidate"], trial["task"],
                                                  trial["settings"], trial["seed"],
-                                                 self._stop_settings(trial))
-                    in_flight[future] = _Job(trial, worker, time.monotonic(),
+                                                 self.stages.stop_settings(trial))
+                    in_flight[future] = Job(trial, worker, time.monotonic(),
                                              trial["settings"]["time_limit"], trial=True)
                     faults.check("driver.dispatch")
                     store.mark_trial_started(trial["id"], pool.names.get(worker, ""))
@@ -376,17 +287,17 @@ class Search:
                 row = queue.popleft()
                 worker = pool.idle.pop()
                 future = worker.evaluate.remote(row.id, row.rule, self.seed,
-                                                self._stop_settings(None))
-                in_flight[future] = _Job(row, worker, time.monotonic(), self.time_limit)
+                                                self.stages.stop_settings(None))
+                in_flight[future] = Job(row, worker, time.monotonic(), self.time_limit)
                 faults.check("driver.dispatch")
                 store.mark_started(row.id, pool.names.get(worker, ""), "")
             next_tell = self._tell_ready(store, next_tell, asked_batches)
-            if not self.settled and not self._asking(total) and not queue and not any(
+            if not self.stages.settled and not self._asking(total) and not queue and not any(
                     not job.trial for job in in_flight.values()):
-                self.settled = True  # the search is over: the funnel takes what it has
-                self._promote(store)
+                self.stages.settle(store)  # the search is over: the funnel takes what it has
                 continue
-            if not in_flight and not queue and not self.trial_queue and not self._asking(total):
+            if not in_flight and not queue and not self.stages.queue \
+                    and not self._asking(total):
                 break
             waiting = list(in_flight) + list(pool.starting)
             if not waiting:
@@ -401,7 +312,7 @@ class Search:
                 try:
                     result = ray.get(future)
                 except ray.exceptions.RayError as err:
-                    if _raised_in_task(err) and not poisoned(str(err)):
+                    if raised_in_task(err) and not poisoned(str(err)):
                         self._record_error(store, job, err)  # the evaluation failed, not
                         finished = True                     # the worker
                         pool.idle.append(job.worker)
@@ -417,7 +328,7 @@ class Search:
                         faults.check("driver.record")
                         if job.trial:
                             faults.check("driver.trial")
-                            self._record_trial(store, job.row, result)
+                            self.stages.record(store, job.row, result)
                         else:
                             self._record(store, job.row, result)
                         finished = True
@@ -425,7 +336,7 @@ class Search:
                 if finished and not job.trial:
                     self._release(store, job.row, queue)
                 if finished:
-                    self._promote(store)
+                    self.stages.promote(store)
                 if bar is not None:
                     self._advance(bar, store)
             self._watchdog(store, in_flight, pool, queue)
@@ -444,101 +355,41 @@ class Search:
             return False
         return True
 
-    # --- the funnel ------------------------------------------------------------------
-
-    def _load_funnel(self, store: Store) -> None:
-        """The finished curves (for early stopping), the pending trials, and the
-        promotions due: what a resumed run starts from."""
-        task = self.config["task"]["name"]
-        if self.stopping is not None:
-            for row in store.evaluations("ok"):
-                self._add_curve(0, task, row.details.get("val_curve"))
-            for t in store.trials(status="ok"):
-                self._add_curve(t["stage"], t["task"], t["details"].get("val_curve"))
-        if self.funnel is None:
-            return
-        pending = store.trials(status="pending")
-        self.trial_queue = deque(sorted(pending, key=lambda t: (-t["stage"], t["id"])))
-        self._promote(store)
-
-    def _add_curve(self, stage: int, task: str, curve: list | None) -> None:
-        if curve:
-            self.curves.setdefault((stage, task), []).append(list(curve))
-
-    def _promote(self, store: Store) -> None:
-        """Queue the trainings every promotion due now asks for (stored first)."""
-        if self.funnel is None:
-            return
-        pool = fn.candidates(store.trained(), store.trials())
-        wanted = fn.new_trials(self.config, self.funnel, pool, self.settled)
-        if not wanted:
-            return
-        ids = set(store.add_trials(wanted))
-        faults.check("driver.promote")
-        new = [t for t in store.trials(status="pending") if t["id"] in ids]
-        merged = sorted([*self.trial_queue, *new], key=lambda t: (-t["stage"], t["id"]))
-        self.trial_queue = deque(merged)
-
-    def _stop_settings(self, trial: dict | None) -> dict:
-        """nos.evaluate's early-stopping arguments for a search candidate's training (none
-        for a baseline: they go through every stage whole)."""
-        if self.stopping is None or (trial is not None and trial["source"] == "baseline"):
-            return {}
-        stage, task = (0, self.config["task"]["name"]) if trial is None else \
-            (trial["stage"], trial["task"])
-        out: dict = {}
-        if self.stopping.loss_steps:
-            out["stop_loss_steps"] = self.stopping.loss_steps
-        below = fn.stop_thresholds(self.curves.get((stage, task), []), self.stopping)
-        if below is not None:
-            out["stop_below"] = below
-        return out
-
-    def _record_trial(self, store: Store, trial: dict, result: dict) -> None:
-        details = {**_details(result), "epochs": result["epochs"]}
-        store.record_trial(trial["id"], status=result["status"], reward=result["reward"],
-                           lr=result["lr"], test_metric=result["test_metric"],
-                           seconds=result["seconds"], worker=result["worker"],
-                           error=result["error"], details=details)
-        if result["status"] == "ok":
-            self._add_curve(trial["stage"], trial["task"], result["val_curve"])
-
     def _record(self, store: Store, row: Evaluation, result: dict) -> None:
-        details = _details(result)
         if result["status"] == "ok":
-            self._add_curve(0, self.config["task"]["name"], result["val_curve"])
+            self.stages.add_curve(0, self.config["task"]["name"], result["val_curve"])
         store.record(row.id, status=result["status"], reward=result["reward"], lr=result["lr"],
                      test_metric=result["test_metric"], seconds=result["seconds"],
                      worker=result["worker"], node=result["node"], error=result["error"],
-                     details=details)
+                     details=details(result))
 
-    def _record_error(self, store: Store, job: _Job, err: Exception) -> None:
+    def _record_error(self, store: Store, job: Job, err: Exception) -> None:
         """An exception raised by the evaluation itself: it would raise again, so it is
         recorded ``failed`` with its message at once."""
-        self._finish(store, job, "failed", _message(err)[:500])
+        self._finish(store, job, "failed", error_message(err)[:500])
 
-    def _finish(self, store: Store, job: _Job, status: str, error: str) -> None:
+    def _finish(self, store: Store, job: Job, status: str, error: str) -> None:
         """Record a job that has no result with the floor reward."""
         if job.trial:
             store.record_trial(job.row["id"], status=status, reward=self.floor, error=error)
         else:
             store.record(job.row.id, status=status, reward=self.floor, error=error)
 
-    def _failed_attempt(self, store: Store, job: _Job, queue: deque, err: Exception) -> bool:
+    def _failed_attempt(self, store: Store, job: Job, queue: deque, err: Exception) -> bool:
         """Try the evaluation again, or record it failed; True once it is recorded."""
         if job.trial:
             attempts = next(t["attempts"] for t in store.trials(job.row["stage"])
                             if t["id"] == job.row["id"])
         else:
             attempts = store.get(job.row.id).attempts
-        reason = _message(err)
+        reason = error_message(err)
         if attempts < self.max_attempts:
-            (self.trial_queue if job.trial else queue).appendleft(job.row)
+            (self.stages.queue if job.trial else queue).appendleft(job.row)
             return False
         self._finish(store, job, "failed", f"worker lost {attempts} times: {reason}"[:500])
         return True
 
-    def _watchdog(self, store: Store, in_flight: dict, pool: _Pool, queue: deque) -> None:
+    def _watchdog(self, store: Store, in_flight: dict, pool: WorkerPool, queue: deque) -> None:
         """An evaluation far past its time limit is hung: kill its worker, record timeout."""
         now = time.monotonic()
         for future, job in list(in_flight.items()):
@@ -551,7 +402,7 @@ class Search:
                              f"no result after {now - job.since:.0f} s; worker replaced")
                 if not job.trial:
                     self._release(store, job.row, queue)
-                self._promote(store)
+                self.stages.promote(store)
 
     # --- reporting -------------------------------------------------------------------
 

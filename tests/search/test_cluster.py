@@ -101,6 +101,7 @@ def cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow  # half a minute: a real `ray start` cluster, started and stopped
 def test_search_joins_a_cluster_with_token_authentication(cluster, tmp_path):
     address, temp, token = cluster
     folder = copy_example(tmp_path / "project")

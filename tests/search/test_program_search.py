@@ -3,6 +3,8 @@ and a driver SIGKILLed mid-run and resumed."""
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import signal
 import subprocess
@@ -89,6 +91,7 @@ def recorded_rows(out) -> int:
         return 0
 
 
+@pytest.mark.slow  # half a minute; test_faults.py's slow cases kill it at every moment too
 def test_a_killed_program_search_resumes_from_the_command_line(ray_cluster, tmp_path,  # noqa: F811
                                                               capsys):
     (tmp_path / "run.toml").write_text(CONFIG)

@@ -3,14 +3,13 @@ and a driver SIGKILLed mid-run and resumed."""
 
 from __future__ import annotations
 
-import pytest
-
 import json
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 from nos.controllers.mutations import simplify
 from nos.controllers.program import resolve_rule
 

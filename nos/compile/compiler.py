@@ -28,22 +28,7 @@ import functools
 from nos.compile.passes import optimize_program
 from nos.compile.program import SCALAR, TENSOR, Program, ProgramBuilder, Term
 from nos.lang.rule import Rule
-from nos.lang.tree import Statement
-
-
-def _live_statements(statements: tuple[Statement, ...]) -> list[Statement]:
-    """Statements the update depends on (a read buffer keeps its statement alive)."""
-    update = next(s for s in statements if s.kind == "update")
-    needed = set(update.expr.names())  # type: ignore[union-attr]
-    while True:
-        grown = set(needed)
-        for s in statements:
-            if s.name in needed and s.expr is not None:
-                grown |= s.expr.names()
-        if grown == needed:
-            break
-        needed = grown
-    return [s for s in statements if s.kind == "update" or s.name in needed]
+from nos.lang.tree import live_statements
 
 
 def _whole_update(update: int, is_tensor: bool) -> Term:
@@ -61,7 +46,7 @@ def compile_rule(rule: Rule, zeros: frozenset[str] = frozenset(), optimize: bool
     keeps the plain one-instruction-per-operation program.
     """
     expanded = rule.expanded()
-    live = _live_statements(expanded.statements)
+    live = list(live_statements(expanded.statements))
     b = ProgramBuilder(zeros)
     params = {s.name: s for s in live if s.kind == "param"}
     for name in params:

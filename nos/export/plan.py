@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from nos.lang.ops import OPS
 from nos.lang.printer import bounds_text, format_number
 from nos.lang.rule import Rule
-from nos.lang.tree import Node, Statement
+from nos.lang.tree import Node, Statement, live_statements
 from nos.optim.baselines import BASELINES, Baseline
 from nos.optim.optimizer import DEFAULT_LR, resolve
 
@@ -90,21 +90,6 @@ class Plan:
     @property
     def random(self) -> bool:
         return bool(self.sites)
-
-
-def live_statements(statements: tuple[Statement, ...]) -> tuple[Statement, ...]:
-    """The statements the update depends on (a buffer read by them keeps its statement)."""
-    update = next(s for s in statements if s.kind == "update")
-    needed = set(update.expr.names())  # type: ignore[union-attr]
-    while True:
-        grown = set(needed)
-        for s in statements:
-            if s.name in needed and s.expr is not None:
-                grown |= s.expr.names()
-        if grown == needed:
-            break
-        needed = grown
-    return tuple(s for s in statements if s.kind == "update" or s.name in needed)
 
 
 def _kind(node: Node, kinds: dict[str, str]) -> str:

@@ -107,3 +107,18 @@ def names_read(statements: tuple[Statement, ...]) -> frozenset[str]:
         if s.expr is not None:
             used |= s.expr.names()
     return frozenset(used)
+
+
+def live_statements(statements: tuple[Statement, ...]) -> tuple[Statement, ...]:
+    """The statements the update depends on (a buffer read by them keeps its statement)."""
+    update = next(s for s in statements if s.kind == "update")
+    needed = set(update.expr.names())  # type: ignore[union-attr]
+    while True:
+        grown = set(needed)
+        for s in statements:
+            if s.name in needed and s.expr is not None:
+                grown |= s.expr.names()
+        if grown == needed:
+            break
+        needed = grown
+    return tuple(s for s in statements if s.kind == "update" or s.name in needed)

@@ -15,6 +15,7 @@ from typing import NoReturn
 
 from nos.lang.parser import RuleSyntaxError, read_rule_source
 from nos.lang.rule import Rule
+from nos.optim.param_options import ParamError
 
 USAGE_ERROR = 2
 
@@ -130,6 +131,32 @@ def _task(args: argparse.Namespace):
     return get_task(args.task, **_task_options(args))
 
 
+PARAM_HELP = ("a value for the rules' params, a keyword argument of nos.Optimizer "
+              "(beta1=0.8, betas=0.9,0.95, wd=0.1; true, false, none, or text); repeatable")
+
+
+def _add_param_option(p: argparse.ArgumentParser, text: str = PARAM_HELP) -> None:
+    p.add_argument("--param", action="append", default=None, metavar="KEY=VALUE", help=text)
+
+
+def _params(args: argparse.Namespace) -> dict:
+    """The --param options as nos.Optimizer's keyword arguments (ParamError if malformed)."""
+    from nos.optim.param_options import parse_param_options
+
+    return parse_param_options(getattr(args, "param", None))
+
+
+def _rule_name(source: str, rule: Rule) -> str:
+    """A rule as an error message names it: a baseline by its name, else its text."""
+    from nos.optim.baselines import BASELINES
+    from nos.report.tables import one_line
+
+    if source in BASELINES:
+        return source
+    text = one_line(str(rule))
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
 def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="mnist1d", help=TASK_HELP + " (default: mnist1d)")
     p.add_argument("--epochs", type=float, default=None, help="training budget in epochs")
@@ -143,17 +170,21 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="CIFAR-10 directory (task cifar10)")
     p.add_argument("--text", default=None, help="text file for the charlm task")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    _add_param_option(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from nos.optim.param_options import check_params, format_params
     from nos.train.evaluation import evaluate
     from nos.train.tasks import reward_rule
 
     settings = evaluation_settings(args)
+    params = _params(args)
     rule = resolve_rule(args.rule)
+    check_params(rule, params, lr=settings.get("lr"), name=_rule_name(args.rule, rule))
     task = _task(args)
-    result = evaluate(rule, task, **settings, device=args.device,
+    result = evaluate(rule, task, **settings, params=params, device=args.device,
                       progress=args.task in ("cifar10", "charlm") and not args.json)
     if args.json:
         print(json.dumps(result.to_dict()))
@@ -167,6 +198,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if result.lr is not None:
         picked = " (picked from the grid)" if result.grid else ""
         print(f"lr         {result.lr:g}{picked}")
+    if result.params:
+        print(f"params     {format_params(result.params)}")
     if result.test_metric is not None:
         named = "" if result.metric == "accuracy" else f"  ({result.metric})"
         print(f"test       {result.test_metric:.4f}{named}")
@@ -198,17 +231,21 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 def cmd_baselines(args: argparse.Namespace) -> int:
     from nos.optim.baselines import BASELINES
+    from nos.optim.param_options import check_params, format_params
     from nos.report.compare import comparison_table, plot_trials, train_seeds
 
     settings = evaluation_settings(args)
+    params = _params(args)
     names = args.names.split(",") if args.names else list(BASELINES)
     unknown = [n for n in names if n not in BASELINES]
     if unknown:
         raise UsageError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
+    for name in names:  # every baseline takes the params, before any training
+        check_params(name, params, lr=settings.get("lr"), name=name)
     _task(args)  # a bad task is named before any training
     if args.plot:
         _check_writable(args.plot)
-    settings.update(device=args.device, task_options=_task_options(args))
+    settings.update(device=args.device, task_options=_task_options(args), params=params)
 
     def progress(name: str, result) -> None:
         if not args.json:
@@ -217,9 +254,11 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
     trials = train_seeds([(n, n) for n in names], args.task, args.seeds, settings, progress)
     if args.json:
-        print(json.dumps({"task": args.task, "seeds": args.seeds,
+        print(json.dumps({"task": args.task, "seeds": args.seeds, "params": params,
                           "baselines": [t.record() for t in trials]}))
     else:
+        if params:
+            print(f"trained with --param {format_params(params)}")
         print(comparison_table(trials, first="baseline"))
     if args.plot:
         plot_trials(trials, args.plot, f"baselines on {args.task} ({args.seeds} seeds)")
@@ -338,6 +377,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from nos.search.store import Store
 
     evaluation_settings(argparse.Namespace(epochs=args.epochs))  # --retrain's budget
+    params = _params(args)
+    if params and args.retrain is None:
+        raise UsageError("--param is for --retrain (the params of its trainings)")
     for path in (args.plot, args.retrain_plot):
         if path:
             _check_writable(path)
@@ -349,7 +391,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             return 0
         if args.retrain is not None:
             print(inspect.retrain(stores[0], args.retrain, args.epochs, args.seeds, args.task,
-                                  plot=args.retrain_plot, progress=not args.json))
+                                  plot=args.retrain_plot, progress=not args.json,
+                                  params=params))
         infos = [inspect.summary(s, args.top) for s in stores]
         for info, store in zip(infos, stores):
             report = funnel_report(store)
@@ -397,6 +440,8 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
                    help="(--retrain) another task, to test transfer (names as in nos eval)")
     p.add_argument("--retrain-plot", default=None, metavar="PNG",
                    help="(--retrain) validation curves of the re-trained rules")
+    _add_param_option(p, "(--retrain) " + PARAM_HELP + "; every rule re-trained, the "
+                      "baselines too, must take them")
     p.set_defaults(handler=cmd_inspect)
 
 
@@ -490,6 +535,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except RuleSyntaxError as err:
         print(f"nos {args.command}: error: {err}", file=sys.stderr)
+    except ParamError as err:
+        print(f"nos {args.command}: error: --param {_one_line(err)}", file=sys.stderr)
     except (UsageError, ValueError, OSError) as err:
         print(f"nos {args.command}: error: {_one_line(err)}", file=sys.stderr)
     except KeyboardInterrupt:

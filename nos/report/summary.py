@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from nos.lang.rule import parse
+from nos.optim.param_options import check_params, format_params
 from nos.report.compare import comparison_table, plot_trials, train_seeds
 from nos.report.tables import one_line, table
 from nos.search.store import Store
@@ -136,8 +137,13 @@ def plot_rewards(stores: Sequence[Store], path: str | Path) -> Path:
 
 def retrain(store: Store, k: int, epochs: float | None, seeds: int, task: str | None,
             baselines: Sequence[str] = COMPARISON_BASELINES, plot: str | None = None,
-            progress: bool = True) -> str:
-    """Train the top k rules and the baselines again, record them, return the table."""
+            progress: bool = True, params: dict | None = None) -> str:
+    """Train the top k rules and the baselines again, record them, return the table.
+
+    ``params``: keyword arguments of nos.Optimizer for every training (the rules'
+    params); each candidate is checked with them before any training (ParamError,
+    naming the key and the candidate), and each record's details keep them.
+    """
     config = store.config
     task_name = task or config["task"]["name"]
     recorded = store.note("tasks")  # the search's task as resolved then: a file's full path
@@ -148,14 +154,22 @@ def retrain(store: Store, k: int, epochs: float | None, seeds: int, task: str | 
                                 if not task else {})
     if epochs is not None:
         settings["epochs"] = epochs
+    params = dict(params or {})
+    settings["params"] = params
     candidates = [(f"top{i}", t["rule"]) for i, t in enumerate(store.top(k), start=1)]
     candidates += [(f"baseline:{name}", name) for name in baselines]
+    for name, rule in candidates:  # before any training
+        text = one_line(rule)
+        text = text if len(text) <= 60 else text[:57] + "..."
+        check_params(rule, params, lr=settings["lr"],
+                     name=name if rule in baselines else f"{name} ({text})")
 
     def record(source: str, r: EvalResult) -> None:
         store.add_retrain(rule=r.rule, source=source, task=task_name, seed=r.seed,
                           epochs=r.epochs, status=r.status, reward=r.reward, lr=r.lr,
                           test_metric=r.test_metric, seconds=r.seconds,
-                          details={"val_curve": r.val_curve, "loss_curve": r.loss_curve})
+                          details={"val_curve": r.val_curve, "loss_curve": r.loss_curve,
+                                   "params": r.params})
         if progress:
             print(f"  {source:18s} seed {r.seed}: {r.reward:.4f} ({r.status})", file=sys.stderr)
 
@@ -163,4 +177,6 @@ def retrain(store: Store, k: int, epochs: float | None, seeds: int, task: str | 
     if plot:
         plot_trials(trials, plot, f"retrained on {task_name} ({seeds} seeds)")
     head = f"retrained on {task_name}, {settings['epochs']:g} epochs, {seeds} seeds"
+    if params:
+        head += f", --param {format_params(params)}"
     return head + "\n" + comparison_table(trials)

@@ -34,6 +34,7 @@ from nos.compile.program import RuleCompileError
 from nos.lang.parser import RuleSyntaxError
 from nos.lang.rule import Rule
 from nos.optim.optimizer import Optimizer, resolve
+from nos.optim.param_options import check_params
 from nos.train.settings import check_evaluation, check_schedule
 from nos.train.tasks import Task, TaskData, default_device, get_task, reward
 
@@ -47,7 +48,9 @@ class EvalResult:
     reward unless ``status`` is ``ok``).  ``val_metric`` and ``test_metric`` are the raw
     metric (named ``metric``); ``val_accuracy`` and ``test_accuracy`` repeat them when
     that metric is accuracy, and are None otherwise.  ``val_curve`` is the validation
-    reward after each epoch, as are the grid's rewards.
+    reward after each epoch, as are the grid's rewards.  ``params`` are the values given
+    for the rule's params (keyword arguments of ``nos.Optimizer``: ``{"beta1": 0.8}``),
+    empty if none.
 
     ``status`` is ``ok``, ``invalid``, ``diverged``, ``timeout``, ``failed`` or
     ``stopped``: cut short as hopeless.  A full run that was stopped keeps its partial
@@ -78,6 +81,7 @@ class EvalResult:
     higher_is_better: bool = True
     val_metric: float | None = None
     test_metric: float | None = None
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of nos.Optimizer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,16 +129,17 @@ def _val_reward(task: Task, model: torch.nn.Module, data: TaskData) -> float:
 def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, seed: int,
            batch_size: int, device: torch.device, deadline: float, schedule: Any = None,
            snapshots: int = 0, explode: float = 20.0, progress: bool = False,
-           stop_loss_steps: int | None = None, stop_below: Sequence[float | None] | None = None
-           ) -> _Run:
+           stop_loss_steps: int | None = None, stop_below: Sequence[float | None] | None = None,
+           hyper: dict[str, Any] | None = None) -> _Run:
     """One training run.  Raises ``_Stop`` (``diverged``, ``timeout``, or ``stopped`` with the
     partial run) when it ends early; see ``evaluate`` for ``stop_loss_steps`` and
-    ``stop_below``."""
+    ``stop_below``.  ``hyper``: more keyword arguments of nos.Optimizer (the rule's params)."""
     torch.manual_seed(seed)
     model = task.build_model().to(device)
     n = len(data.train_x)
     total = _total_steps(n, batch_size, epochs)
-    opt = Optimizer(model.parameters(), rule, lr=lr, total_steps=total, seed=seed)
+    opt = Optimizer(model.parameters(), rule, lr=lr, total_steps=total, seed=seed,
+                    **(hyper or {}))
     scheduler = None
     if schedule is not None:
         from nos.optim.schedules import from_config
@@ -273,6 +278,7 @@ def evaluate(
     batched_grid: bool | None = None,
     stop_loss_steps: int | None = None,
     stop_below: Sequence[float | None] | None = None,
+    params: dict[str, Any] | None = None,
 ) -> EvalResult:
     """Train the task's child with ``rule`` and return its reward and details.
 
@@ -301,6 +307,10 @@ def evaluate(
             epoch ``e + 1`` (None: no threshold).  After an epoch that is not its last, a
             run whose validation reward is below that epoch's threshold is stopped, its
             reward the one it had.
+        params: values for the rule's params, keyword arguments of ``nos.Optimizer`` in
+            every training (``{"beta1": 0.8}``, ``{"betas": (0.9, 0.95)}``); recorded in the
+            result.  Values the optimizer refuses make the evaluation ``invalid``, before
+            any training.
 
     Raises:
         ValueError: a bad setting (``nos.train.settings.SettingError``, naming it), before
@@ -316,10 +326,12 @@ def evaluate(
     task_obj = get_task(task, **(task_options or {})) if isinstance(task, str) else task
     result = EvalResult(rule=text, task=task_obj.name, status="ok", reward=floor, seed=seed,
                         metric=getattr(task_obj, "metric_name", "accuracy"),
-                        higher_is_better=getattr(task_obj, "higher_is_better", True))
+                        higher_is_better=getattr(task_obj, "higher_is_better", True),
+                        params=dict(params or {}))
     try:
         parsed, _ = resolve(rule)
         result.rule = str(parsed)
+        check_params(parsed, result.params, lr=lr)
     except (RuleSyntaxError, ValueError) as err:
         result.status, result.error = "invalid", str(err).splitlines()[0]
         result.seconds = time.monotonic() - start
@@ -335,7 +347,7 @@ def evaluate(
                        [lr] if lr is not None else grid)
     deadline = start + time_limit if time_limit else math.inf
     common = dict(seed=seed, batch_size=batch_size, device=device,
-                  deadline=deadline, progress=progress)
+                  deadline=deadline, progress=progress, hyper=result.params)
     if lr is None:
         lr = search_lr(parsed, task_obj, data, grid, grid_epochs, result, floor, common,
                        batched=device.type == "cuda" if batched_grid is None else batched_grid,
@@ -403,7 +415,7 @@ def _search_lr_batched(rule: Rule, task: Task, data: TaskData, grid: Sequence[fl
         runs = batched_grid(rule, task, data, grid, epochs=grid_epochs, seed=common["seed"],
                             batch_size=common["batch_size"], device=common["device"],
                             deadline=common["deadline"], floor=floor,
-                            stop_loss_steps=stop_loss_steps)
+                            stop_loss_steps=stop_loss_steps, hyper=common.get("hyper"))
     except GridTimeout as err:
         result.status, result.error = "timeout", str(err)
         return None

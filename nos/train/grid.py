@@ -36,8 +36,10 @@ class GridTimeout(Exception):
 def batched_grid(rule: Rule, task: Task, data: TaskData, lrs: Sequence[float], *,
                  epochs: float, seed: int, batch_size: int, device: torch.device,
                  deadline: float = math.inf, explode: float = 20.0,
-                 floor: float = 0.0, stop_loss_steps: int | None = None) -> list[dict]:
-    """Short runs at every rate of ``lrs`` at once; ``[{"lr", "reward", "status"}]``."""
+                 floor: float = 0.0, stop_loss_steps: int | None = None,
+                 hyper: dict | None = None) -> list[dict]:
+    """Short runs at every rate of ``lrs`` at once; ``[{"lr", "reward", "status"}]``.
+    ``hyper``: more keyword arguments of nos.Optimizer (the rule's params)."""
     k = len(lrs)
     torch.manual_seed(seed)
     model = task.build_model().to(device)
@@ -51,7 +53,8 @@ def batched_grid(rule: Rule, task: Task, data: TaskData, lrs: Sequence[float], *
     batched = vmap(forward, in_dims=(0, 0, None))
     n = len(data.train_x)
     total = max(1, round(epochs * math.ceil(n / batch_size)))
-    opt = Optimizer(list(params.values()), rule, lr=1.0, total_steps=total, seed=seed)
+    opt = Optimizer(list(params.values()), rule, lr=1.0, total_steps=total, seed=seed,
+                    **(hyper or {}))
     rates = torch.tensor(lrs, dtype=next(iter(params.values())).dtype, device=device)
     alive = torch.ones(k, dtype=torch.bool, device=device)
     first: list[float | None] = [None] * k

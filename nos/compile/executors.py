@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from nos.compile.kernels import KERNELS
-from nos.compile.program import NOISE_STD, Instr, Program, Term
+from nos.compile.program import NOISE_STD, Instr, Program, Term, shape_of
 from nos.lang.ops import OPS, linear_decay
 
 # --- scalar instructions -----------------------------------------------------------
@@ -27,7 +27,11 @@ def _scalar_fn(op: str) -> Callable[..., float]:
     return _SCALAR_EXTRA[op] if op in _SCALAR_EXTRA else OPS[op].scalar  # type: ignore[return-value]
 
 
-def scalar_values(program: Program, hyper: dict[str, float], t: int, total: int | None) -> list:
+def scalar_values(program: Program, hyper: dict[str, float], t: int, total: int | None,
+                  lr: float | torch.Tensor = 0.0, facts: dict[str, float] | None = None,
+                  numbers: dict[str, float] | None = None) -> list:
+    """The slots computed on the host: constants, params, t, T, lr, the tensors' facts, the
+    numbers the rule keeps (``numbers``, their old values) and the scalar code."""
     env: list = [None] * program.n_slots
     for slot, value in program.consts.items():
         env[slot] = value
@@ -36,11 +40,39 @@ def scalar_values(program: Program, hyper: dict[str, float], t: int, total: int 
             env[slot] = float(t)
         elif name == "T":
             env[slot] = float(total)  # type: ignore[arg-type]
+        elif name == "lr":  # a tensor lr is read on the host only by rules that read lr
+            env[slot] = float(lr)
         elif name in program.params:
             env[slot] = float(hyper[name])
+        elif name in program.facts:
+            env[slot] = float(facts[name])  # type: ignore[index]
+        elif name in program.scalar_state:
+            env[slot] = float((numbers or {}).get(name, 0.0))
     for ins in program.scalar_code:
         env[ins.out] = _scalar_fn(ins.op)(*(env[a] for a in ins.args))
     return env
+
+
+def tensor_facts(p: torch.Tensor) -> dict[str, float]:
+    """What a rule may know of one tensor on the host (``ndim``, ``rows``, ...)."""
+    rows, cols = matrix_view(p).shape
+    return {"ndim": p.dim(), "rows": rows, "cols": cols, "numel": p.numel(),
+            "machine_eps": torch.finfo(p.dtype).eps}
+
+
+def matrix_view(p: torch.Tensor) -> torch.Tensor:
+    """The tensor as rules that read rows or columns see it: a vector of n is a column
+    (n, 1), a number is (1, 1), other tensors keep their shape (rows and columns are the
+    last two dimensions).  A view: writing it writes the tensor."""
+    if p.dim() >= 2:
+        return p
+    return p.reshape(-1, 1) if p.dim() == 1 else p.reshape(1, 1)
+
+
+def _fill(ins: Instr, value, like: torch.Tensor) -> torch.Tensor:
+    """A new tensor of the instruction's shape (for ``like``) holding a number or a tensor."""
+    out = torch.empty(shape_of(ins.shape, like), dtype=like.dtype, device=like.device)
+    return out.copy_(value) if isinstance(value, torch.Tensor) else out.fill_(value)
 
 
 def _coefficient(term: Term, env: list) -> float:
@@ -82,6 +114,15 @@ class Bucket:
     lr: float | torch.Tensor  # a tensor lr (one element) is never read on the host
     t: int
     total: int | None
+    facts: dict[str, float] | None = None  # the tensors' facts, when the rule reads them
+    numbers: dict[str, float] | None = None  # the numbers the rule keeps: old, then new
+
+    def scalars(self, program: Program) -> list:
+        """The host slots of this bucket's step; the numbers kept take their new values."""
+        env = scalar_values(program, self.hyper, self.t, self.total, self.lr, self.facts,
+                            self.numbers)
+        self.numbers = {name: env[slot] for name, slot in (program.scalar_out or {}).items()}
+        return env
 
 
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -185,13 +226,15 @@ def _inputs(program: Program, env: list, grads, params, buffers) -> None:
 
 def run_foreach(program: Program, bucket: Bucket, generator) -> None:
     """One step for a bucket with one ``torch._foreach_*`` call per instruction."""
-    env = scalar_values(program, bucket.hyper, bucket.t, bucket.total)
+    env = bucket.scalars(program)
     _inputs(program, env, bucket.grads, bucket.params,
             {name: list(bucket.buffers[name]) for name in program.buffers})
     for ins in program.tensor_code:
         args = [env[a] for a in ins.args]
         if ins.op == "fill":
-            env[ins.out] = [torch.full_like(p, args[0]) for p in bucket.params]
+            value = args[0]
+            env[ins.out] = [_fill(ins, value[i] if isinstance(value, list) else value, p)
+                            for i, p in enumerate(bucket.params)]
         elif ins.random and ins.op != "drop":
             env[ins.out] = _draw(ins, env, bucket.params, generator)
         else:
@@ -222,7 +265,7 @@ def run_foreach(program: Program, bucket: Bucket, generator) -> None:
 
 def run_reference(program: Program, bucket: Bucket, generator) -> None:
     """The same step, one parameter tensor at a time: the readable reference."""
-    scalars = scalar_values(program, bucket.hyper, bucket.t, bucket.total)
+    scalars = bucket.scalars(program)
     draws = {ins.out: _draw(ins, scalars, bucket.params, generator)
              for ins in program.tensor_code if ins.random}
     for i, (p, g) in enumerate(zip(bucket.params, bucket.grads, strict=False)):
@@ -231,7 +274,7 @@ def run_reference(program: Program, bucket: Bucket, generator) -> None:
         for ins in program.tensor_code:
             args = [env[a] for a in ins.args]
             if ins.op == "fill":
-                env[ins.out] = torch.full_like(p, args[0])
+                env[ins.out] = _fill(ins, args[0], p)
             elif ins.random and ins.op != "drop":
                 env[ins.out] = draws[ins.out][i]
             else:

@@ -19,8 +19,8 @@ from collections.abc import Callable
 import torch
 
 from nos.compile.compiler import compile_rule
-from nos.compile.executors import Bucket, scalar_values
-from nos.compile.program import TENSOR, Program
+from nos.compile.executors import Bucket
+from nos.compile.program import TENSOR, Program, shape_of
 from nos.lang.ops import OPS
 from nos.lang.rule import Rule
 
@@ -28,8 +28,9 @@ from nos.lang.rule import Rule
 class FusedStep:
     """One compiled step function per rule and zero-param pattern."""
 
-    def __init__(self, rule: Rule, zeros: frozenset[str]) -> None:
-        self.program = compile_rule(rule, zeros, optimize=False)
+    def __init__(self, rule: Rule, zeros: frozenset[str],
+                 fixed: tuple[tuple[str, float], ...] = ()) -> None:
+        self.program = compile_rule(rule, zeros, optimize=False, fixed=fixed)
         if self.program.random:
             raise ValueError("fused=True does not support random rules (noise, drop); "
                              "use the default path")
@@ -42,7 +43,7 @@ class FusedStep:
         self._step = torch.compile(step, dynamic=False)
 
     def __call__(self, bucket: Bucket) -> None:
-        env = scalar_values(self.program, bucket.hyper, bucket.t, bucket.total)
+        env = bucket.scalars(self.program)
         slots = [s for s, kind in enumerate(self.program.kinds) if kind != TENSOR]
         device = bucket.params[0].device
         values = [float(env[s]) for s in slots] + [1.0]  # the 1 of _step_function
@@ -60,6 +61,20 @@ class FusedStep:
             self.compile_seconds = time.perf_counter() - start
 
 
+def _eager(fn: Callable) -> Callable:
+    """A matrix function run as it is, outside the compiled kernel: its arithmetic (bfloat16
+    matrix products in torch's order) is the point, and its constants are read on the host."""
+
+    @torch.compiler.disable
+    def apply(x, *constants):
+        return fn(x, *(float(c) for c in constants))
+
+    return apply
+
+
+_EAGER = {name: _eager(op.tensor) for name, op in OPS.items() if op.matrix}
+
+
 def _one_d(x: torch.Tensor) -> torch.Tensor:
     """A 0-d tensor as a 1-element view: torch.compile drops in-place writes to 0-d
     float64 inputs (the parameter and its buffers would never change)."""
@@ -70,7 +85,7 @@ def _step_function(program: Program) -> Callable:
     scalar_slots = [s for s, kind in enumerate(program.kinds) if kind != TENSOR]
     index = {s: i for i, s in enumerate(scalar_slots)}
     one_index, lr_index = len(scalar_slots), len(scalar_slots) + 1
-    code = [(ins.op, ins.args, ins.out) for ins in program.tensor_code]
+    code = [(ins.op, ins.args, ins.out, ins.shape) for ins in program.tensor_code]
     buffer_slots = [program.inputs[name] for name in program.buffers]
     outputs = [(program.buffers.index(name), slot) for name, slot in program.state_out.items()]
     g_slot, w_slot = program.inputs.get("g"), program.inputs.get("w")
@@ -89,11 +104,11 @@ def _step_function(program: Program) -> Callable:
                 env[w_slot] = p
             for b, slot in enumerate(buffer_slots):
                 env[slot] = buffers[b][i]
-            for op, args, out in code:
+            for op, args, out, shape in code:
                 if op == "fill":
-                    env[out] = torch.zeros_like(p) + env[args[0]]
+                    env[out] = p.new_zeros(shape_of(shape, p)) + env[args[0]]
                 else:
-                    env[out] = OPS[op].tensor(*(env[a] for a in args))
+                    env[out] = _EAGER.get(op, OPS[op].tensor)(*(env[a] for a in args))
             step_size = scalars[lr_index]
             delta = env[update] * step_size
             # A buffer that takes an input's value as it is (w, g, another buffer's old

@@ -235,3 +235,9 @@ for _name in ("neg", "exp", "log", "sqrt", "abs"):
     KERNELS[_name] = Kernel(OPS[_name].tensor, OPS[_name].foreach, _t_unary_(_name),
                             _f_unary_(_name))
 KERNELS["sign"] = Kernel(OPS["sign"].tensor, OPS["sign"].foreach, _t_sign_, _f_sign_)
+# Operations without an in-place form: the comparisons, where, lerp, the reductions and the
+# matrix functions (their multi-tensor form is nos.lang.ops's, a loop where torch has no
+# _foreach_ form).
+for _name, _op in OPS.items():
+    if _name not in KERNELS and _op.tensor is not None and not _op.random:
+        KERNELS[_name] = Kernel(_op.tensor, _op.foreach)

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import replace
 
 from nos.compile.kernels import KERNELS
-from nos.compile.program import TENSOR, Instr, Program, ProgramBuilder, Term
+from nos.compile.program import FULL, TENSOR, Instr, Program, ProgramBuilder, Term
 
 END = 1 << 30
 
@@ -135,9 +135,12 @@ class _Passes:
                 return None
             return inner.args[0], inner.args[1], found[1]
 
+        # a rule with reduced shapes is not fused: an operand of another shape would have
+        # to broadcast inside the fused form
+        uniform = all(shape == FULL for shape in self.b.shapes.values())
         code = []
         for ins in self.p.tensor_code:
-            if ins.op in ("add", "sub") and all(map(self.tensor, ins.args)):
+            if ins.op in ("add", "sub") and all(map(self.tensor, ins.args)) and uniform:
                 code.append(self.fused(ins, scaled_mul, scaled_product) or ins)
             else:
                 code.append(ins)
@@ -197,14 +200,16 @@ class _Passes:
         for index, ins in enumerate(self.p.tensor_code):
             fresh.add(ins.out)
             kernel = KERNELS.get(ins.op)
-            if kernel is None or ins.random and ins.op != "drop":
+            if kernel is None or kernel.tensor_ is None or ins.random and ins.op != "drop":
                 code.append(ins)
                 continue
             args = ins.args
             aliased = kernel.several_passes and args[0] in args[1:]
-            if free(args[0], index, ins.out) and not aliased:
+            shaped = [self.tensor(a) and self.b.shape(a) == ins.shape for a in args]
+            if free(args[0], index, ins.out) and not aliased and shaped[0]:
                 code.append(replace(ins, inplace=True))
-            elif len(args) == 2 and free(args[1], index, ins.out) and args[0] != args[1]:
+            elif len(args) == 2 and free(args[1], index, ins.out) and args[0] != args[1] and \
+                    shaped[1]:
                 if kernel.commutative:
                     code.append(replace(ins, args=(args[1], args[0]), inplace=True))
                 elif ins.op in ("sub", "div") and not self.tensor(args[0]):

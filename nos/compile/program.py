@@ -1,10 +1,14 @@
 """The program a rule compiles to: straight-line instructions over numbered slots.
 
 A slot holds a *constant* (folded at compile time), a *scalar* (numbers,
-params, t, T and the schedules: computed once per step on Python floats) or a
-*tensor* (computed element-wise).  :class:`ProgramBuilder` emits instructions,
-folding constants, simplifying ``x + 0``-like forms and computing identical
-subexpressions once; :mod:`nos.compile.passes` then rewrites the tensor code.
+params, t, T, lr, the schedules, a tensor's facts such as ``ndim`` and the
+per-tensor numbers a rule keeps: computed once per step on Python floats) or a
+*tensor*.  A tensor slot also has a *shape*: the parameter's own (``FULL``), or
+reduced over the last dimension (``row``), the second-to-last (``col``), both,
+or to one number per tensor (``ONE``); shapes broadcast against each other.
+:class:`ProgramBuilder` emits instructions, folding constants, simplifying
+``x + 0``-like forms and computing identical subexpressions once;
+:mod:`nos.compile.passes` then rewrites the tensor code.
 """
 
 from __future__ import annotations
@@ -14,10 +18,38 @@ from dataclasses import dataclass
 
 from nos.lang.ops import OPS
 from nos.lang.rule import Rule
-from nos.lang.tree import Node, Statement
+from nos.lang.tree import TENSOR_FACTS, Node, Statement
 
 CONST, SCALAR, TENSOR = "const", "scalar", "tensor"
 NOISE_STD = 0.1  # noise ~ N(0, 0.01): variance 0.01
+
+# A tensor slot's shape: the axes it is reduced over (kept as 1, or gone for ONE).
+FULL: frozenset[str] = frozenset()
+ROW = frozenset({"row"})  # the last dimension reduced
+COL = frozenset({"col"})  # the second-to-last dimension reduced
+ONE = frozenset({"row", "col", "lead"})  # one number per tensor (a 0-d tensor)
+REDUCED = {"all": ONE, "row": ROW, "col": COL}
+
+
+def broadcast(*shapes: frozenset[str]) -> frozenset[str]:
+    """The shape of an element-wise result: reduced only where every operand is."""
+    out = ONE
+    for shape in shapes:
+        out = out & shape
+    return out
+
+
+def shape_of(shape: frozenset[str], like) -> tuple[int, ...]:
+    """The concrete shape of a slot for a parameter's tensor ``like`` (its 2-D view when
+    the rule reads rows or columns)."""
+    if shape == ONE:
+        return ()
+    dims = list(like.shape)
+    if "row" in shape and dims:
+        dims[-1] = 1
+    if "col" in shape and len(dims) >= 2:
+        dims[-2] = 1
+    return tuple(dims)
 
 
 class RuleCompileError(ValueError):
@@ -32,6 +64,7 @@ class Instr:
     kind: str  # SCALAR or TENSOR
     random: bool = False
     inplace: bool = False  # overwrite args[0]'s tensors instead of making new ones
+    shape: frozenset[str] = FULL  # of a tensor result
 
 
 @dataclass(frozen=True)
@@ -69,6 +102,18 @@ class Program:
     needs_total_steps: bool
     random: bool
     copied: frozenset[str] = frozenset()  # buffers whose new value needs its own copy
+    shapes: dict[int, frozenset[str]] | None = None  # tensor slot -> shape
+    scalar_state: tuple[str, ...] = ()  # buffers that are numbers kept on the host
+    viewed: bool = False  # reads rows or columns: tensors are stepped as 2-D views
+    facts: tuple[str, ...] = ()  # the per-tensor facts (ndim, rows, ...) the code reads
+    scalar_out: dict[str, int] | None = None  # number buffer -> slot of its new value
+    switches: frozenset[str] = frozenset()  # params a group's program is compiled for
+
+    def shape(self, slot: int) -> frozenset[str]:
+        return (self.shapes or {}).get(slot, FULL)
+
+    def buffer_shape(self, name: str) -> frozenset[str]:
+        return self.shape(self.inputs[name])
 
     @property
     def instructions(self) -> int:
@@ -81,6 +126,7 @@ class ProgramBuilder:
     def __init__(self, zeros: frozenset[str]) -> None:
         self.zeros = zeros
         self.kinds: list[str] = []
+        self.shapes: dict[int, frozenset[str]] = {}
         self.consts: dict[int, float] = {}
         self.inputs: dict[str, int] = {}
         self.scalar_code: list[Instr] = []
@@ -100,10 +146,15 @@ class ProgramBuilder:
             self.memo[key] = s
         return self.memo[key]
 
-    def input(self, name: str, kind: str) -> int:
+    def input(self, name: str, kind: str, shape: frozenset[str] = FULL) -> int:
         if name not in self.inputs:
             self.inputs[name] = self.slot(kind)
+            if kind == TENSOR:
+                self.shapes[self.inputs[name]] = shape
         return self.inputs[name]
+
+    def shape(self, slot: int) -> frozenset[str]:
+        return self.shapes.get(slot, FULL) if self.kinds[slot] == TENSOR else ONE
 
     def value(self, slot: int) -> float | None:
         return self.consts.get(slot)
@@ -113,6 +164,8 @@ class ProgramBuilder:
         value may be inf or nan, whose product with 0 is nan)."""
         if op == "pow" and self.value(args[1]) == 2.0 and self.kinds[args[0]] == TENSOR:
             return self.emit("mul", (args[0], args[0]))
+        if op == "where" and self.value(args[0]) is not None:  # the branch taken is known
+            return args[1] if self.value(args[0]) != 0 else args[2]
         if len(args) != 2:
             return None
         a, b = args
@@ -132,8 +185,12 @@ class ProgramBuilder:
         return None
 
     def emit(self, op: str, args: tuple[int, ...], kind: str | None = None,
-             random: bool = False) -> int:
+             random: bool = False, shape: frozenset[str] | None = None) -> int:
         arg_kinds = [self.kinds[a] for a in args]
+        if kind is None and op in OPS and not OPS[op].elementwise:
+            kind = TENSOR
+            reduced = OPS[op].reduce
+            shape = REDUCED[reduced] | self.shape(args[0]) if reduced else self.shape(args[0])
         if kind is None:
             kind = TENSOR if TENSOR in arg_kinds else SCALAR
             if kind == SCALAR and all(k == CONST for k in arg_kinds) and not random:
@@ -141,12 +198,17 @@ class ProgramBuilder:
             simpler = self.simplify(op, args)
             if simpler is not None:
                 return simpler
-        key = (op, args)
+        key = (op, args, shape)
         if not random and key in self.memo:
             return self.memo[key]
         out = self.slot(kind)
+        if kind == TENSOR:
+            if shape is None:  # an element-wise result, or a draw (noise: the full shape)
+                shapes = [self.shape(a) for a in args if self.kinds[a] == TENSOR]
+                shape = broadcast(*shapes) if shapes else FULL
+            self.shapes[out] = shape
         code = self.tensor_code if kind == TENSOR else self.scalar_code
-        code.append(Instr(op, args, out, kind, random))
+        code.append(Instr(op, args, out, kind, random, shape=shape or FULL))
         if not random:
             self.memo[key] = out
         return out
@@ -170,20 +232,22 @@ class ProgramBuilder:
         if op.random:
             return self.emit(node.op, (self.tensorize(args[0]), args[1]), kind=TENSOR,
                              random=True)
+        if not op.elementwise:
+            args = (self.tensorize(args[0]),) + args[1:]
         return self.emit(node.op, args)
 
-    def tensorize(self, slot: int) -> int:
-        """A tensor slot for a value that may be a scalar (broadcast to the parameter)."""
+    def tensorize(self, slot: int, shape: frozenset[str] = FULL) -> int:
+        """A tensor slot for a value that may be a scalar (broadcast to ``shape``)."""
         if self.kinds[slot] == TENSOR:
             return slot
-        return self.emit("fill", (slot,), kind=TENSOR)
+        return self.emit("fill", (slot,), kind=TENSOR, shape=shape)
 
     def name(self, word: str) -> int:
         if word in self.env:
             return self.env[word]
         if word in ("g", "w"):
             return self.input(word, TENSOR)
-        if word in ("t", "T"):
+        if word in ("t", "T", "lr") or word in TENSOR_FACTS:
             return self.input(word, SCALAR)
         if word == "ld":
             return self.emit("ld", (self.input("t", SCALAR), self.input("T", SCALAR)),

@@ -61,7 +61,7 @@ class Source:
 def read_source(rule: Rule | str, lr: float | None = None) -> Source:
     """A Rule, rule text or a named rule (``"adam"``, with its lr), as nos.Optimizer reads
     them; ``lr`` overrides the default learning rate (else nos.Optimizer's)."""
-    parsed, baseline_lr = resolve(rule)
+    parsed, baseline_lr, _ = resolve(rule)
     baseline = BASELINES.get(rule) if isinstance(rule, str) else None
     if lr is None:
         lr = baseline_lr if baseline_lr is not None else DEFAULT_LR

@@ -12,6 +12,13 @@ three implementations with the same semantics:
 ``tensor`` and ``foreach`` compute bit-identical results: where IEEE maths
 offers two roundings (``s / x`` against ``s * (1 / x)``) both use the same.
 Adding an operation is adding a row.
+
+Most operations are element-wise.  A *reduction* (``reduce``) reads a whole
+parameter tensor: ``"all"`` gives one number per tensor (``norm``, ``mean``, ...),
+``"row"`` and ``"col"`` average over the last or the second-to-last dimension,
+keeping it (a tensor of fewer than two dimensions is seen as a column, (n, 1)).
+A *matrix* function reads the parameter's 2-D view (``newton_schulz``).  Their
+results broadcast back against the parameter's shape.
 """
 
 from __future__ import annotations
@@ -61,6 +68,15 @@ def _s_sign(a: float) -> float:
 
 def _s_clip(x: float, c: float) -> float:
     return _s_min(_s_max(x, -c), c)
+
+
+def _s_where(c: float, a: float, b: float) -> float:
+    return a if c != 0 else b  # a nan condition is nonzero, as torch.where(c != 0, ...)
+
+
+def _s_lerp(a: float, b: float, w: float) -> float:
+    """torch.lerp's formula: a + w (b - a) for |w| < 0.5, else b - (b - a) (1 - w)."""
+    return a + w * (b - a) if abs(w) < 0.5 else b - (b - a) * (1.0 - w)
 
 
 # --- tensors: the per-tensor reference ---------------------------------------
@@ -125,6 +141,97 @@ def _t_clip(x, c):
 
 def _neg(c):
     return torch.neg(c) if isinstance(c, torch.Tensor) else -c
+
+
+_COMPARE = {"lt": (torch.lt, torch.gt), "le": (torch.le, torch.ge), "gt": (torch.gt, torch.lt),
+            "ge": (torch.ge, torch.le), "eq": (torch.eq, torch.eq), "ne": (torch.ne, torch.ne)}
+
+
+def _t_compare(name: str):
+    """1 where the comparison holds, else 0, in the tensor's dtype (a scalar may come first)."""
+    fn, flipped = _COMPARE[name]
+
+    def apply(a, b):
+        if isinstance(a, torch.Tensor):
+            out = fn(a, b)
+            like = a if not isinstance(b, torch.Tensor) else torch.promote_types(a.dtype, b.dtype)
+        else:
+            out, like = flipped(b, a), b
+        return out.to(like if isinstance(like, torch.dtype) else like.dtype)
+
+    return apply
+
+
+def _t_where(c, a, b):
+    """a where c is nonzero (nan included), else b; always a new tensor, never an operand."""
+    cond = c != 0 if isinstance(c, torch.Tensor) else torch.tensor(c != 0)
+    like = a if isinstance(a, torch.Tensor) else b
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        return torch.where(cond, torch.tensor(a, dtype=c.dtype), torch.tensor(b, dtype=c.dtype))
+    out = torch.where(cond, a, b)
+    return out if out.dtype == like.dtype else out.to(like.dtype)
+
+
+def _t_lerp(a, b, w):
+    if not isinstance(a, torch.Tensor):
+        a = torch.full_like(b, a)
+    elif not isinstance(b, torch.Tensor):
+        b = torch.full_like(a, b)
+    elif a.shape != b.shape:
+        a, b = torch.broadcast_tensors(a, b)
+    return torch.lerp(a, b, w)
+
+
+def _t_rms(x):
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+
+
+def _t_rowmean(x):
+    return x.mean(dim=-1, keepdim=True) if x.dim() >= 2 else x.clone()
+
+
+def _t_colmean(x):
+    return x.mean(dim=-2, keepdim=True) if x.dim() >= 2 else x.clone()
+
+
+NS_DTYPES = {0: None, 16: torch.bfloat16, 32: torch.float32, 64: torch.float64}
+
+
+def newton_schulz(x, a, b, c, steps, eps, bits):
+    """torch.optim.Muon's orthogonalisation of a 2-D tensor, in the dtype ``bits`` names
+    (16: bfloat16, 32: float32, 64: float64, 0: x's own), the same operations in the same
+    order; the result in x's dtype."""
+    if x.dim() != 2:
+        raise ValueError(f"newton_schulz needs a 2-D tensor, got shape {tuple(x.shape)}")
+    if steps != int(steps) or not 0 <= steps < 100:
+        raise ValueError(f"newton_schulz steps must be a whole number in [0, 100), got {steps}")
+    if bits not in NS_DTYPES:
+        raise ValueError(f"newton_schulz bits must be 0, 16, 32 or 64, got {bits:g}")
+    dtype = NS_DTYPES[bits] or x.dtype
+    o = x.to(dtype, copy=True)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        o = o.T
+    o.div_(o.norm().clamp(min=eps))
+    for _ in range(int(steps)):
+        gram = o @ o.T
+        gram_update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        o = torch.addmm(o, gram_update, o, beta=a)
+    if tall:
+        o = o.T
+    return o.to(x.dtype)
+
+
+def _per_tensor(fn):
+    """The multi-tensor form of an operation that has no torch._foreach_ form."""
+
+    def apply(*args):
+        lists = [a for a in args if isinstance(a, (list, tuple))]
+        n = len(lists[0])
+        return [fn(*(a[i] if isinstance(a, (list, tuple)) else a for a in args))
+                for i in range(n)]
+
+    return apply
 
 
 # --- lists: the multi-tensor path --------------------------------------------
@@ -217,6 +324,12 @@ class Op:
     constant_args: tuple[int, ...] = ()  # argument positions that must not depend on tensors
     schedule: bool = False  # scalar(*args, t, T): reads the step and the total
     random: bool = False  # draws from the optimizer's generator
+    reduce: str = ""  # "all": one number per tensor; "row", "col": over one dimension
+    matrix: bool = False  # reads the parameter's 2-D view
+
+    @property
+    def elementwise(self) -> bool:
+        return not self.reduce and not self.matrix
 
 
 def _fn(name: str) -> Callable[..., str]:
@@ -256,6 +369,38 @@ OPS: dict[str, Op] = {
            _s_max, _t_maximum, _f_maximum),
         Op("min", 2, "min(x, y)", "element-wise minimum", _fn("min"),
            _s_min, _t_minimum, _f_minimum),
+        Op("where", 3, "where(c, a, b)", "a where c is nonzero (nan included), else b",
+           _fn("where"), _s_where, _t_where, _per_tensor(_t_where)),
+        Op("lerp", 3, "lerp(a, b, w)", "a + w (b - a), as torch.lerp (b - (b - a) (1 - w) "
+           "for |w| >= 0.5)", _fn("lerp"), _s_lerp, _t_lerp, _per_tensor(_t_lerp)),
+        Op("sum", 1, "sum(x)", "the sum of the tensor's elements", lambda a: rf"\sum {a}",
+           None, torch.sum, _per_tensor(torch.sum), reduce="all"),
+        Op("mean", 1, "mean(x)", "the mean of the tensor's elements",
+           lambda a: rf"\overline{{{a}}}", None, torch.mean, _per_tensor(torch.mean),
+           reduce="all"),
+        Op("norm", 1, "norm(x)", "the tensor's 2-norm, sqrt(sum(x^2))",
+           lambda a: rf"\left\|{a}\right\|", None, torch.linalg.vector_norm,
+           torch._foreach_norm, reduce="all"),
+        Op("rms", 1, "rms(x)", "root mean square, norm(x) / sqrt(numel)",
+           lambda a: rf"\mathrm{{rms}}\left({a}\right)", None, _t_rms, _per_tensor(_t_rms),
+           reduce="all"),
+        Op("amax", 1, "amax(x)", "the tensor's largest element (nan if any is nan)",
+           _fn("amax"), None, torch.amax, _per_tensor(torch.amax), reduce="all"),
+        Op("rowmean", 1, "rowmean(x)",
+           "mean over the last dimension, kept as 1 (a 1-D tensor is a column: x itself)",
+           lambda a: rf"\overline{{{a}}}^{{\,\mathrm{{row}}}}", None, _t_rowmean,
+           _per_tensor(_t_rowmean), reduce="row"),
+        Op("colmean", 1, "colmean(x)",
+           "mean over the second-to-last dimension, kept as 1 (a 1-D tensor: its mean)",
+           lambda a: rf"\overline{{{a}}}^{{\,\mathrm{{col}}}}", None, _t_colmean,
+           _per_tensor(_t_colmean), reduce="col"),
+        Op("newton_schulz", 7, "newton_schulz(x, a, b, c, steps, eps, bits)",
+           "Muon's orthogonalisation of the 2-D x: x / max(norm(x), eps), then steps of "
+           "X <- a X + (b A + c A^2) X, A = X X^T, computed in bits (16: bfloat16, 32, 64, "
+           "0: the parameter's dtype)",
+           lambda *a: rf"\operatorname{{NS}}_{{{a[4]}}}\left({a[0]}\right)", None,
+           newton_schulz, _per_tensor(newton_schulz), constant_args=(1, 2, 3, 4, 5, 6),
+           matrix=True),
         Op("drop", 2, "drop(x, p)",
            "dropout: zero each element with probability p, scale the rest by 1/(1-p)",
            _fn("drop"), None, constant_args=(1,), random=True),
@@ -269,5 +414,18 @@ OPS: dict[str, Op] = {
     ]
 }
 
-OPERATORS = frozenset({"add", "sub", "mul", "div", "pow", "neg"})
+_COMPARISON_ROWS = [  # name, text, LaTeX, scalar meaning
+    ("lt", "<", "<", lambda a, b: a < b), ("le", "<=", r"\le", lambda a, b: a <= b),
+    ("gt", ">", ">", lambda a, b: a > b), ("ge", ">=", r"\ge", lambda a, b: a >= b),
+    ("eq", "==", "=", lambda a, b: a == b), ("ne", "!=", r"\ne", lambda a, b: a != b),
+]
+for _name, _text, _symbol, _holds in _COMPARISON_ROWS:
+    OPS[_name] = Op(_name, 2, f"x {_text} y",
+                    "comparison: 1 where it holds, else 0 (false for nan, but nan != x)",
+                    (lambda sym: lambda a, b: f"{a} {sym} {b}")(_symbol),
+                    (lambda f: lambda a, b: float(f(a, b)))(_holds), _t_compare(_name),
+                    _per_tensor(_t_compare(_name)))
+
+COMPARISONS = frozenset({"lt", "le", "gt", "ge", "eq", "ne"})
+OPERATORS = frozenset({"add", "sub", "mul", "div", "pow", "neg"}) | COMPARISONS
 FUNCTIONS = {name: op for name, op in OPS.items() if name not in OPERATORS}

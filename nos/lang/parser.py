@@ -122,6 +122,24 @@ class _TreeBuilder(Transformer):
     def pow(self, left: Node, right: Node) -> Node:
         return self._binary("pow", left, right)
 
+    def lt(self, left: Node, right: Node) -> Node:
+        return self._binary("lt", left, right)
+
+    def le(self, left: Node, right: Node) -> Node:
+        return self._binary("le", left, right)
+
+    def gt(self, left: Node, right: Node) -> Node:
+        return self._binary("gt", left, right)
+
+    def ge(self, left: Node, right: Node) -> Node:
+        return self._binary("ge", left, right)
+
+    def eq(self, left: Node, right: Node) -> Node:
+        return self._binary("eq", left, right)
+
+    def ne(self, left: Node, right: Node) -> Node:
+        return self._binary("ne", left, right)
+
     def neg(self, operand: Node) -> Node:
         return self._node("neg", (operand,), operand)
 

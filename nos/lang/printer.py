@@ -11,9 +11,10 @@ from nos.lang.ops import OPS
 from nos.lang.tree import Bounds, Node, Statement, update_of
 
 # Binding strength: a child printed where a stronger one is needed gets parentheses.
-_PREC = {"add": 1, "sub": 1, "mul": 2, "div": 2, "neg": 3, "pow": 4}
-_ATOM = 5
-_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+_COMPARE = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+_PREC = {**dict.fromkeys(_COMPARE, 1), "add": 2, "sub": 2, "mul": 3, "div": 3, "neg": 4, "pow": 5}
+_ATOM = 6
+_SYMBOL = {"add": "+", "sub": "-", "mul": "*", "div": "/", **_COMPARE}
 
 
 def format_number(x: float) -> str:
@@ -52,7 +53,8 @@ def expr_text(node: Node, min_prec: int = 0) -> str:
     elif op in _SYMBOL:
         left, right = node.args
         p = _PREC[op]
-        text = f"{expr_text(left, p)} {_SYMBOL[op]} {expr_text(right, p + 1)}"
+        # comparisons do not chain: both sides bind tighter
+        text = f"{expr_text(left, p + (op in _COMPARE))} {_SYMBOL[op]} {expr_text(right, p + 1)}"
     elif op == "neg":
         text = "-" + expr_text(node.args[0], _PREC["neg"])
     elif op == "pow":
@@ -126,9 +128,10 @@ def expr_latex(node: Node, min_prec: int = 0) -> str:
     elif op == "div":
         text = OPS["div"].latex(*(expr_latex(a) for a in node.args))
         return text
-    elif op in ("add", "sub", "mul"):
+    elif op in ("add", "sub", "mul") or op in _COMPARE:
         p = _PREC[op]
-        text = OPS[op].latex(expr_latex(node.args[0], p), expr_latex(node.args[1], p + 1))
+        text = OPS[op].latex(expr_latex(node.args[0], p + (op in _COMPARE)),
+                             expr_latex(node.args[1], p + 1))
     elif op == "neg":
         text = OPS["neg"].latex(expr_latex(node.args[0], _PREC["neg"]))
     elif op == "pow":

@@ -23,7 +23,15 @@ PRIMITIVES: dict[str, str] = {
     "noise": "fresh N(0, 0.01) samples each step (standard deviation 0.1)",
     "annealed_noise": "fresh N(0, 1/(1+t)^0.55) samples each step",
     "ld": "linear decay max(0, (T - s) / T), s = t - 1 clamped to T",
+    "lr": "the learning rate of the parameter's group at this step",
+    "ndim": "the parameter's number of dimensions",
+    "rows": "the number of rows of the parameter's 2-D view (size(-2); 1 for a vector)",
+    "cols": "the number of columns of the parameter's 2-D view (size(-1); n for a vector of n)",
+    "numel": "the parameter's number of elements",
+    "machine_eps": "the machine epsilon of the parameter's dtype (2^-52 for float64)",
 }
+# Numbers of one tensor known on the host: they split a step's buckets by value.
+TENSOR_FACTS = frozenset({"ndim", "rows", "cols", "numel", "machine_eps"})
 RANDOM_PRIMITIVES = frozenset({"noise", "annealed_noise"})
 SCHEDULE_NAMES = frozenset({"T", "ld", "cd", "rd"})
 

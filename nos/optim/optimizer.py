@@ -7,8 +7,10 @@ program (:mod:`nos.compile.compiler`).
 
 Drop-in details: a group of a rule with ``beta1`` also carries torch's
 ``betas`` tuple (the two are one value, so ``CyclicLR``/``OneCycleLR`` can
-cycle it); a tensor ``lr`` is never read on the host; the generator of a
-seeded random rule is part of ``state_dict()``.
+cycle it), and likewise ``etas``, ``step_sizes``, ``ns_coefficients``
+(:mod:`nos.optim.keywords`); a tensor ``lr`` is never read on the host (unless
+the rule reads ``lr``); the generator of a seeded random rule is part of
+``state_dict()``.
 """
 
 from __future__ import annotations
@@ -19,28 +21,48 @@ from typing import Any
 import torch
 
 from nos.compile.compiler import compile_rule
-from nos.compile.executors import Bucket, run_foreach, run_reference
-from nos.compile.program import Program
-from nos.lang.printer import bounds_text, format_number
+from nos.compile.executors import (
+    Bucket,
+    matrix_view,
+    run_foreach,
+    run_reference,
+    tensor_facts,
+)
+from nos.compile.program import FULL, Program, shape_of
+from nos.lang.ops import OPS
 from nos.lang.rule import Rule, parse
-from nos.lang.tree import Statement
+from nos.lang.tree import TENSOR_FACTS, Statement
+from nos.optim.keywords import (
+    check_group,
+    check_value,
+    number,
+    split_tuples,
+    translate,
+    tuple_keywords,
+)
 
 DEFAULT_LR = 1e-3
-BETAS = ("beta1", "beta2")  # the rule params torch's ``betas`` tuple stands for
+FOREACH_LIMIT = 1 << 16  # mean elements per tensor from which the CPU steps one at a time
 GENERATORS = "generators"  # the state_dict key of a seeded random rule's generators
 
 
-def resolve(rule: Rule | str) -> tuple[Rule, float | None]:
-    """A Rule from a Rule, a baseline's name, or rule text; with the baseline's lr."""
+def resolve(rule: Rule | str) -> tuple[Rule, float | None, str]:
+    """A Rule from a Rule, a baseline's name, or rule text; with the baseline's lr and the
+    name messages give the rule."""
     if isinstance(rule, Rule):
-        return rule, None
+        return rule, None, _short(str(rule))
     if not isinstance(rule, str):
         raise TypeError(f"rule must be a nos.Rule, rule text or a baseline name, got {rule!r}")
     from nos.optim.baselines import BASELINES
 
     if rule in BASELINES:
-        return parse(BASELINES[rule].text), BASELINES[rule].lr
-    return parse(rule), None
+        return parse(BASELINES[rule].text), BASELINES[rule].lr, rule
+    return parse(rule), None, _short(rule)
+
+
+def _short(text: str) -> str:
+    one_line = " ".join(text.split())
+    return repr(one_line if len(one_line) <= 40 else one_line[:37] + "...")
 
 
 def _param_statements(rule: Rule) -> dict[str, Statement]:
@@ -48,25 +70,30 @@ def _param_statements(rule: Rule) -> dict[str, Statement]:
 
 
 class _ParamGroup(dict):
-    """A param group whose ``betas`` tuple and the rule's ``beta1``, ``beta2`` are one value.
+    """A param group whose tuple keywords (``betas``, ``etas``, ...) and the rule's params
+    they stand for (``beta1``, ``beta2``) are one value.
 
     torch's schedulers write ``group["betas"] = (beta1, *rest)`` (``CyclicLR`` and
     ``OneCycleLR`` with ``cycle_momentum``); nos rules read ``beta1`` and ``beta2``.
     Writing either writes the other.
     """
 
+    tuples: dict[str, tuple[str, ...]] = {}  # set on each group (kept by pickle)
+
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)
-        if key == "betas":
-            for name, beta in zip(BETAS, value, strict=False):
+        if key in self.tuples and isinstance(value, (tuple, list)):
+            for name, part in zip(self.tuples[key], value, strict=False):
                 if name in self:
-                    super().__setitem__(name, beta)
-        elif key in BETAS and "betas" in self:
-            betas = list(self["betas"])
-            index = BETAS.index(key)
-            if index < len(betas):
-                betas[index] = value
-                super().__setitem__("betas", tuple(betas))
+                    super().__setitem__(name, part)
+            return
+        for tuple_key, names in self.tuples.items():
+            if key in names and tuple_key in self:
+                parts = list(self[tuple_key])
+                index = names.index(key)
+                if index < len(parts):
+                    parts[index] = value
+                    super().__setitem__(tuple_key, tuple(parts))
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
@@ -83,40 +110,56 @@ class Optimizer(torch.optim.Optimizer):
 
     Args:
         params: parameters or param groups, as for any torch optimizer.
-        rule: a :class:`nos.Rule`, rule text, or a baseline's name (``"adam"``).
-        lr: learning rate; defaults to the baseline's own, else 1e-3.
+        rule: a :class:`nos.Rule`, rule text, or a named rule (``"adam"``, and every
+            torch.optim optimizer by its lower-case class name, with torch's keywords).
+        lr: learning rate; defaults to the named rule's own, else 1e-3.
         total_steps: the T of the rule (needed by rules that read T, ld, cd, rd).
-        foreach: use the multi-tensor path (default) or the per-tensor reference.
+        foreach: the multi-tensor path (True), the per-tensor one (False), or (None,
+            the default) the faster for the tensors at hand: multi-tensor on an
+            accelerator and for small tensors, per tensor for large tensors on the CPU.
         fused: compile the whole step with ``torch.compile`` into one kernel per
             tensor (fastest for large models; compiles on the first step).
+        maximize: step up the gradient (as torch's ``maximize``), per group too.
+        capturable, differentiable: accepted as False only (a nos step reads the step
+            number on the host and runs without autograd).
         seed: seeds the generator of ``noise``, ``annealed_noise`` and ``drop`` (one
             per device); its state is saved by ``state_dict()`` and restored by
             ``load_state_dict()``, so a resumed run draws what an uninterrupted one
             would.  Without a seed they draw from torch's global generator, which is
             the caller's to save and restore (``torch.get_rng_state()``), as for dropout.
-        **hyper: values for the rule's params (``beta1=0.8``), per group too.  A rule
-            with ``beta1`` also takes torch's ``betas=(beta1, beta2)``.
+        **hyper: values for the rule's params (``beta1=0.8``, ``weight_decay=0.1``,
+            ``amsgrad=True``), per group too, and torch's tuples standing for several
+            (``betas=(beta1, beta2)``, ``etas``, ``step_sizes``, ``ns_coefficients``).
 
     ``lr`` may be a one-element tensor: it stays on its device (a scheduler fills
-    it in place) and is never read on the host during a step.
+    it in place) and is never read on the host during a step, except by rules that
+    read ``lr`` themselves (Rprop, ASGD, Adafactor).
     """
 
     def __init__(
         self,
         params: Iterable,
         rule: Rule | str = "adam",
-        lr: float | None = None,
+        lr: float | torch.Tensor | None = None,
         total_steps: int | None = None,
         *,
-        foreach: bool = True,
-        fused: bool = False,
+        foreach: bool | None = None,
+        fused: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
         seed: int | None = None,
-        **hyper: float | tuple[float, ...],
+        **hyper: Any,
     ) -> None:
-        self.rule, baseline_lr = resolve(rule)
+        self.rule, baseline_lr, self.name = resolve(rule)
         self._compile()
         if lr is None:
             lr = baseline_lr if baseline_lr is not None else DEFAULT_LR
+        for flag, value in (("capturable", capturable), ("differentiable", differentiable)):
+            if value:
+                raise ValueError(f"Invalid {flag}: True is not supported for rule {self.name} "
+                                 f"(a nos step reads the step number on the host and runs "
+                                 f"without autograd)")
         if self.program.needs_total_steps and total_steps is None:
             raise ValueError(
                 f"the rule reads T (directly or through ld, cd or rd): pass total_steps "
@@ -126,64 +169,61 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"Invalid total_steps: {total_steps}, must be >= 1")
         self.total_steps = total_steps
         self.foreach = foreach
-        self.fused = fused
-        if fused and self.program.random:
+        self.fused = bool(fused)
+        if self.fused and self.program.random:
             raise ValueError("fused=True does not support random rules (noise, drop)")
         self.seed = seed
         self._saved_generators: dict[str, torch.Tensor] = {}  # loaded, not yet used
-        defaults: dict[str, Any] = {"lr": lr}
+        defaults: dict[str, Any] = {"lr": lr, "maximize": bool(maximize)}
         defaults.update({name: s.default for name, s in self._declared.items()})
         self._check_keys(hyper)
-        self._split_betas(hyper)
+        split_tuples(hyper, self._tuples, self.name)
+        translate(hyper, self.name)
         defaults.update(hyper)
-        if self._betas:
-            defaults["betas"] = tuple(defaults[name] for name in self._betas)
+        for key, names in self._tuples.items():
+            defaults[key] = tuple(defaults[name] for name in names)
         super().__init__(params, defaults)
 
     def _compile(self) -> None:
         """What the rule makes: its program, declared params, and the caches of a run."""
         self.program: Program = compile_rule(self.rule)
-        self._programs: dict[frozenset[str], Program] = {}
-        self._fused: dict[frozenset[str], Any] = {}
+        self._programs: dict[tuple, Program] = {}
+        self._fused: dict[tuple, Any] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._declared = _param_statements(self.rule)
-        # torch's betas tuple: beta1, then beta2 if the rule has it
-        self._betas = BETAS[:1 + ("beta2" in self._declared)] if "beta1" in self._declared else ()
+        self._tuples = tuple_keywords(self._declared)
+        self._switch_params = tuple(sorted(self.program.switches & set(self._declared)))
+        self._switch_facts = tuple(sorted(self.program.switches & TENSOR_FACTS))
+        self._facts = tuple(sorted(set(self.program.facts) | set(self._switch_facts)))
+        self._matrix_calls = [node for s in self.rule.expanded().statements if s.expr is not None
+                              for node in s.expr.walk()
+                              if node.op in OPS and OPS[node.op].matrix]
+        if "name" not in self.__dict__:
+            self.name = _short(str(self.rule))
 
     def _check_keys(self, group: dict) -> None:
-        allowed = {"params", "lr", "initial_lr", *self._declared}
-        if self._betas:
-            allowed.add("betas")
+        allowed = {"params", "lr", "initial_lr", "maximize", *self._declared, *self._tuples}
         unknown = sorted(set(group) - allowed)
         if unknown:
-            names = ", ".join(sorted(self._declared)) or "none"
+            names = ", ".join(sorted(set(self._declared) | set(self._tuples))) or "none"
             raise ValueError(
-                f"unknown hyperparameter {unknown[0]!r} for this rule; its params are: {names}"
+                f"unknown keyword {unknown[0]!r} for rule {self.name}; it takes lr, maximize "
+                f"and its params: {names}"
             )
 
-    def _split_betas(self, group: dict) -> None:
-        """torch's ``betas`` given: check it and set the rule's ``beta1`` (and ``beta2``)."""
-        if "betas" not in group:
-            return
-        betas = group.pop("betas")
-        names = ", ".join(self._betas)
-        if not isinstance(betas, (tuple, list)) or len(betas) != len(self._betas):
-            raise ValueError(f"Invalid betas: {betas!r}, must be a tuple of {len(self._betas)} "
-                             f"({names})")
-        given = [name for name in self._betas if name in group]
-        if given:
-            raise ValueError(f"give betas or {names}, not both (got betas and {given[0]})")
-        group.update(zip(self._betas, betas, strict=True))
-
     def _group(self, group: dict) -> dict:
-        """The group as torch.optim keeps it, with ``betas`` one value with beta1, beta2."""
-        if not self._betas:
+        """The group as torch.optim keeps it, each tuple keyword one value with its parts."""
+        if not self._tuples:
             return group
-        if "betas" in group and not all(name in group for name in self._betas):
+        if any(key in group and not all(name in group for name in names)
+               for key, names in self._tuples.items()):
             group = dict(group)
-            self._split_betas(group)
+            split_tuples(group, {k: v for k, v in self._tuples.items()
+                                 if not all(name in group for name in v)}, self.name)
         wrapped = _ParamGroup(group)
-        wrapped["betas"] = tuple(group[name] for name in self._betas)
+        wrapped.tuples = self._tuples
+        for key, names in self._tuples.items():
+            wrapped[key] = tuple(group[name] for name in names)
         return wrapped
 
     def _check_values(self, group: dict) -> None:
@@ -193,21 +233,30 @@ class Optimizer(torch.optim.Optimizer):
                 raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
             if not lr >= 0:
                 raise ValueError(f"Invalid lr: {float(lr)}, must be >= 0")
-        elif not lr >= 0:
-            raise ValueError(f"Invalid lr: {lr}, must be >= 0")
+        elif not isinstance(lr, (int, float)) or not lr >= 0:
+            raise ValueError(f"Invalid lr: {lr!r}, must be >= 0 for rule {self.name}")
         for name, s in self._declared.items():
-            value = group[name]
-            if not isinstance(value, (int, float)):
-                raise ValueError(f"Invalid {name}: {value!r}, must be a number")
-            if s.bounds is not None and value not in s.bounds:
+            group[name] = number(group[name])
+            check_value(name, group[name], s.bounds, self.name)
+        check_group(group, self.name)
+        if self._matrix_calls:
+            self._check_matrices(group)
+
+    def _check_matrices(self, group: dict) -> None:
+        """A rule with a matrix function steps only 2-D parameters (as torch's Muon)."""
+        node = self._matrix_calls[0]
+        index = len(self.param_groups) - 1
+        for i, p in enumerate(group["params"]):
+            if p.dim() != 2:
                 raise ValueError(
-                    f"Invalid {name}: {format_number(float(value))}, "
-                    f"must be in {bounds_text(s.bounds)}"
-                )
+                    f"line {node.line}, column {node.column}: {node.op} needs 2-D parameters; "
+                    f"parameter {i} of group {index} has shape {tuple(p.shape)} "
+                    f"(rule {self.name})")
 
     def add_param_group(self, param_group: dict) -> None:
         self._check_keys(param_group)
-        self._split_betas(param_group)
+        split_tuples(param_group, self._tuples, self.name)
+        translate(param_group, self.name)
         super().add_param_group(param_group)
         self.param_groups[-1] = self._group(self.param_groups[-1])
         self._check_values(self.param_groups[-1])
@@ -252,21 +301,28 @@ class Optimizer(torch.optim.Optimizer):
             self._saved_generators = {name: state.cpu()
                                       for name, state in saved["states"].items()}
 
-    def _specialised(self, hyper: dict[str, float]) -> Program:
-        """The program compiled for this group's zero-valued params (``wd = 0``)."""
+    def _key(self, hyper: dict[str, float], facts: dict[str, float] | None) -> tuple:
+        """What a group's program is compiled for: its zero params and its switches."""
         zeros = frozenset(name for name, value in hyper.items() if value == 0)
-        program = self._programs.get(zeros)
+        fixed = tuple((name, float(hyper[name])) for name in self._switch_params
+                      if name not in zeros)
+        fixed += tuple((name, float(facts[name])) for name in self._switch_facts)  # type: ignore[index]
+        return zeros, fixed
+
+    def _specialised(self, key: tuple) -> Program:
+        """The program compiled for a group's zero params and switches (``wd = 0``,
+        ``amsgrad = True``, a tensor's ``ndim``)."""
+        program = self._programs.get(key)
         if program is None:
-            program = self._programs[zeros] = compile_rule(self.rule, zeros)
+            program = self._programs[key] = compile_rule(self.rule, key[0], fixed=key[1])
         return program
 
-    def _fused_step(self, hyper: dict[str, float]):
+    def _fused_step(self, key: tuple):
         from nos.compile.fused import FusedStep
 
-        zeros = frozenset(name for name, value in hyper.items() if value == 0)
-        if zeros not in self._fused:
-            self._fused[zeros] = FusedStep(self.rule, zeros)
-        return self._fused[zeros]
+        if key not in self._fused:
+            self._fused[key] = FusedStep(self.rule, key[0], key[1])
+        return self._fused[key]
 
     @property
     def compile_seconds(self) -> float | None:
@@ -302,21 +358,48 @@ class Optimizer(torch.optim.Optimizer):
         return params
 
     def _buckets(self, params: list[torch.Tensor]) -> dict[tuple, tuple[list, list, list]]:
-        """Tensors by device, dtype and step; state made lazily."""
+        """Tensors by device, dtype, step, and the facts and numbers the rule reads."""
         buckets: dict[tuple, tuple[list, list, list]] = {}
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = 0
-                for name in self.program.buffers:
-                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["step"] += 1
-            key = (p.device, p.dtype, state["step"])
+            facts = tensor_facts(p) if self._facts else {}
+            key = (p.device, p.dtype, state["step"], tuple(facts.get(f) for f in self._facts),
+                   tuple(state.get(name, 0.0) for name in self.program.scalar_state))
             ps, gs, states = buckets.setdefault(key, ([], [], []))
             ps.append(p)
             gs.append(p.grad)
             states.append(state)
         return buckets
+
+    def _executor(self, params: list[torch.Tensor]) -> Callable:
+        if self.foreach is not None:
+            return run_foreach if self.foreach else run_reference
+        if params[0].device.type != "cpu":
+            return run_foreach
+        # On the CPU one tensor at a time keeps a large tensor's temporaries in cache,
+        # where the multi-tensor path streams every operation over all of them.
+        large = sum(p.numel() for p in params) / len(params) >= FOREACH_LIMIT
+        return run_reference if large else run_foreach
+
+    @staticmethod
+    def _buffers(program: Program, ps: list, states: list) -> dict[str, list[torch.Tensor]]:
+        """The program's buffers for a bucket, made (zeros of their shape) where missing."""
+        buffers = {}
+        for name in program.buffers:
+            shape = program.buffer_shape(name)
+            tensors = []
+            for p, state in zip(ps, states, strict=True):
+                if name not in state:
+                    state[name] = torch.zeros(shape_of(shape, p), dtype=p.dtype,
+                                              device=p.device)
+                buffer = state[name]
+                tensors.append(matrix_view(buffer) if program.viewed and shape == FULL
+                               else buffer)
+            buffers[name] = tensors
+        return buffers
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -324,25 +407,41 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        run = run_foreach if self.foreach else run_reference
         # all that can refuse the step is done before any state or parameter changes
         work = []
         for group in self.param_groups:
             hyper = {name: group[name] for name in self.program.params}
-            work.append((group, hyper, self._specialised(hyper), self._with_grads(group)))
-        for group, hyper, program, params in work:
+            params = self._with_grads(group)
+            if not self._facts:
+                self._specialised(self._key(hyper, None))
+            work.append((group, hyper, params))
+        for group, hyper, params in work:
             lr = group["lr"]
             lr = lr if isinstance(lr, torch.Tensor) else float(lr)
-            for (_, _, t), (ps, gs, states) in self._buckets(params).items():
-                buffers = {name: [s[name] for s in states] for name in self.program.buffers}
-                bucket = Bucket(ps, gs, buffers, hyper, lr, t, self.total_steps)
+            for (_, _, t, facts, numbers), (ps, gs, states) in self._buckets(params).items():
+                facts = dict(zip(self._facts, facts, strict=True))
+                key = self._key(hyper, facts)
+                program = self._specialised(key)
+                buffers = self._buffers(program, ps, states)
+                if group["maximize"]:
+                    gs = torch._foreach_neg(gs)
+                if program.viewed:
+                    ps, gs = [matrix_view(p) for p in ps], [matrix_view(g) for g in gs]
+                numbers = dict(zip(self.program.scalar_state, numbers, strict=True))
+                bucket = Bucket(ps, gs, buffers, hyper, lr, t, self.total_steps, facts,
+                                numbers)
                 if self.fused:
-                    self._fused_step(hyper)(bucket)
+                    self._fused_step(key)(bucket)
                 else:
-                    run(program, bucket, self._generator)
+                    self._executor(ps)(program, bucket, self._generator)
                 for name, tensors in buffers.items():
                     for state, tensor in zip(states, tensors, strict=False):
-                        state[name] = tensor
+                        old = state[name]
+                        state[name] = tensor.view(old.shape) if tensor.shape != old.shape \
+                            else tensor
+                for name, value in (bucket.numbers or {}).items():
+                    for state in states:
+                        state[name] = value
         return loss
 
     def __repr__(self) -> str:

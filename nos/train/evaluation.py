@@ -329,7 +329,7 @@ def evaluate(
                         higher_is_better=getattr(task_obj, "higher_is_better", True),
                         params=dict(params or {}))
     try:
-        parsed, _ = resolve(rule)
+        parsed = resolve(rule)[0]
         result.rule = str(parsed)
         check_params(parsed, result.params, lr=lr)
     except (RuleSyntaxError, ValueError) as err:

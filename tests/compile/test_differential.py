@@ -531,6 +531,9 @@ def run_optimizer(case: Case, data: Data, resume: bool = False, **kwargs) -> Tra
     for name in opt.program.buffers:  # a tensor never stepped has no state: its buffers are 0
         buffers[name] = _flat(opt.state[p].get(name, torch.zeros_like(p)).numpy()
                               for p in tensors)
+    for name in opt.program.scalar_state:  # a number kept per tensor, as the interpreter's array
+        buffers[name] = _flat(torch.full_like(p, opt.state[p].get(name, 0.0)).numpy()
+                              for p in tensors)
     return Trace(steps, buffers)
 
 

@@ -72,7 +72,7 @@ def run_main(args: list[str], capsys) -> tuple[int, str, str]:
     (["adam", "--optax", "--lr", "-1", "-o", "x.py"], "must be a finite number >= 0, got -1.0"),
     (["adam", "--torch", "-o", "missing/x.py"], "is not a writable directory"),
     (["adam", "--torch", "-o", "."], "it is a directory"),
-    (["param lr = 1\nupdate = lr * g", "--torch", "-o", "x.py"], "'lr' has the name of"),
+    (["param seed = 1\nupdate = seed * g", "--torch", "-o", "x.py"], "'seed' has the name of"),
 ])
 def test_more_bad_input(tmp_path, monkeypatch, capsys, args, words):
     monkeypatch.chdir(tmp_path)

@@ -293,7 +293,7 @@ def test_torch_schedulers_drive_the_lr(scheduler):
     ({"lr": -1.0}, "Invalid lr: -1.0, must be >= 0"),
     ({"beta1": 1.5}, "Invalid beta1: 1.5, must be in [0, 1)"),
     ({"eps": -1e-8}, "Invalid eps: -1e-8, must be in [0, inf)"),
-    ({"beta": 0.9}, "unknown hyperparameter 'beta'"),
+    ({"beta": 0.9}, "unknown keyword 'beta'"),
 ])
 def test_constructor_rejects_bad_hyperparameters(kwargs, message):
     with pytest.raises(ValueError) as info:

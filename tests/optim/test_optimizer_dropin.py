@@ -408,7 +408,7 @@ def test_betas_is_one_value_with_beta1_and_beta2():
     ("adam", {"betas": (0.9,)}, "Invalid betas: (0.9,), must be a tuple of 2 (beta1, beta2)"),
     ("adam", {"betas": (0.9, 0.99), "beta1": 0.9}, "give betas or beta1, beta2, not both"),
     ("adam", {"betas": (0.9, 1.5)}, "Invalid beta2: 1.5, must be in [0, 1)"),
-    ("momentum", {"betas": (0.9, 0.99)}, "unknown hyperparameter 'betas'"),
+    ("momentum", {"betas": (0.9, 0.99)}, "unknown keyword 'betas'"),
 ])
 def test_bad_betas_are_refused(rule, kwargs, message):
     with pytest.raises(ValueError) as info:

@@ -1,0 +1,117 @@
+"""torch.optim's keywords on nos rules: what a keyword means for a rule's params.
+
+A rule's params are its keywords (``weight_decay=0.1``, ``amsgrad=True``); this
+module adds only what a param cannot say by itself:
+
+- tuples that stand for several params (``betas=(beta1, beta2)``, ``etas``,
+  ``step_sizes``, ``ns_coefficients``, Adafactor's ``eps=(eps1, eps2)``), kept
+  in a param group beside their parts (writing either writes the other);
+- values that are not numbers: ``None`` in Adafactor's ``eps`` (the dtype's
+  machine epsilon, the rule's ``eps1 = 0``) and Muon's ``adjust_lr_fn`` names;
+- whole numbers (``ns_steps``) and the checks torch makes across keywords
+  (SGD's nesterov needs momentum and no dampening).
+
+Every refusal is one line naming the keyword and the rule.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+# keyword -> the params it stands for, in order
+TUPLES: dict[str, tuple[str, ...]] = {
+    "betas": ("beta1", "beta2"),
+    "etas": ("etaminus", "etaplus"),
+    "step_sizes": ("step_size_min", "step_size_max"),
+    "ns_coefficients": ("ns_a", "ns_b", "ns_c"),
+    "eps": ("eps1", "eps2"),
+}
+NONE_MEANS: dict[str, float] = {"eps1": 0.0}  # Adafactor: None is the dtype's epsilon
+CHOICES: dict[str, dict[Any, float]] = {
+    "adjust_lr_fn": {None: 0.0, "original": 0.0, "match_rms_adamw": 1.0},
+}
+WHOLE = frozenset({"ns_steps"})
+
+
+def tuple_keywords(declared: set[str] | dict) -> dict[str, tuple[str, ...]]:
+    """The tuple keywords a rule with these params takes: all parts declared, and the
+    keyword not itself a param (``eps`` is Adafactor's pair only where there is no eps).
+    ``betas`` also stands for a lone ``beta1``."""
+    found = {}
+    for key, names in TUPLES.items():
+        if key in declared:
+            continue
+        parts = tuple(name for name in names if name in declared)
+        if parts == names or (key == "betas" and parts == ("beta1",)):
+            found[key] = parts
+    return found
+
+
+def number(value: Any) -> Any:
+    """A one-element tensor as a float; other values as they are."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    return value
+
+
+class KeywordError(ValueError):
+    """A keyword a rule does not take, or a value it cannot have (one line)."""
+
+
+def split_tuples(group: dict, tuples: dict[str, tuple[str, ...]], rule: str) -> None:
+    """Replace each tuple keyword in ``group`` by its parts, checked."""
+    for key, names in tuples.items():
+        if key not in group:
+            continue
+        value = group.pop(key)
+        if not isinstance(value, (tuple, list)) or len(value) != len(names):
+            raise KeywordError(
+                f"Invalid {key}: {value!r}, must be a tuple of {len(names)} "
+                f"({', '.join(names)}) for rule {rule}")
+        given = [name for name in names if name in group]
+        if given:
+            raise KeywordError(f"give {key} or {', '.join(names)}, not both "
+                               f"(got {key} and {given[0]}) for rule {rule}")
+        for name, part in zip(names, value, strict=True):
+            part = number(part)
+            if part is None and name in NONE_MEANS:
+                part = NONE_MEANS[name]
+            group[name] = part
+
+
+def translate(group: dict, rule: str) -> None:
+    """Named choices become their numbers, in place."""
+    for key, choices in CHOICES.items():
+        if key in group and not isinstance(group[key], (int, float)) or (
+                key in group and isinstance(group[key], bool)):
+            value = group[key]
+            if value not in choices:
+                names = ", ".join(repr(c) for c in choices)
+                raise KeywordError(f"Invalid {key}: {value!r}, must be one of {names} "
+                                   f"for rule {rule}")
+            group[key] = choices[value]
+
+
+def check_value(name: str, value: Any, bounds, rule: str) -> None:
+    from nos.lang.printer import bounds_text, format_number
+
+    if isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, (int, float)):
+        raise KeywordError(f"Invalid {name}: {value!r}, must be a number for rule {rule}")
+    if bounds is not None and value not in bounds:
+        raise KeywordError(f"Invalid {name}: {format_number(float(value))}, "
+                           f"must be in {bounds_text(bounds)} for rule {rule}")
+    if name in WHOLE and value != math.floor(value):
+        raise KeywordError(f"Invalid {name}: {value!r}, must be a whole number for rule {rule}")
+
+
+def check_group(group: dict, rule: str) -> None:
+    """torch's checks across keywords."""
+    if group.get("nesterov") and "dampening" in group and (
+            group.get("momentum", 0) <= 0 or group["dampening"] != 0):
+        raise KeywordError(f"Invalid nesterov: True, Nesterov momentum requires a momentum "
+                           f"and zero dampening for rule {rule}")

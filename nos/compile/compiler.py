@@ -40,11 +40,12 @@ def _whole_update(update: int, is_tensor: bool) -> Term:
 
 
 def switches(rule: Rule) -> frozenset[str]:
-    """The params that decide a ``where`` by themselves (``where(amsgrad, a, b)``,
-    ``where(momentum > 0, a, b)``): a group's program is compiled for their values, so
-    the branch not taken costs nothing, not even its buffers."""
+    """The params and tensor facts that decide a ``where`` by themselves
+    (``where(amsgrad, a, b)``, ``where(momentum > 0, a, b)``, ``where(ndim >= 2, a, b)``):
+    a group's program is compiled for their values, so the branch not taken costs nothing,
+    not even its buffers."""
     statements = rule.expanded().statements
-    params = {s.name for s in statements if s.kind == "param"}
+    params = {s.name for s in statements if s.kind == "param"} | TENSOR_FACTS
     found: set[str] = set()
     for s in statements:
         for node in s.expr.walk() if s.expr is not None else ():

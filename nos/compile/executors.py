@@ -55,7 +55,7 @@ def scalar_values(program: Program, hyper: dict[str, float], t: int, total: int 
 
 def tensor_facts(p: torch.Tensor) -> dict[str, float]:
     """What a rule may know of one tensor on the host (``ndim``, ``rows``, ...)."""
-    rows, cols = matrix_view(p).shape
+    rows, cols = matrix_view(p).shape[-2:]
     return {"ndim": p.dim(), "rows": rows, "cols": cols, "numel": p.numel(),
             "machine_eps": torch.finfo(p.dtype).eps}
 
@@ -143,19 +143,14 @@ def _summed(program: Program, like: torch.Tensor) -> bool:
     return len(program.terms) > 1 and like.dtype in LOW_PRECISION
 
 
-def _scaled(term: Term, args: list, w, alpha: torch.Tensor, foreach: bool):
-    """``alpha * term`` for a 0-d tensor alpha (a tensor lr), as new tensors."""
-    mul = torch._foreach_mul if foreach else torch.mul
+def _unscaled(term: Term, args: list, w, foreach: bool):
+    """The tensors of a term before its coefficient: a tensor lr's step adds them as
+    ``target.addcmul_(x, alpha)``, which rounds as ``add_(x, alpha=a)`` does for a number."""
     if term.kind in ("scale", "add"):
-        return mul(w if term.kind == "scale" else args[0], alpha)
+        return w if term.kind == "scale" else args[0]
     if term.kind == "addcdiv":
-        out = (torch._foreach_div if foreach else torch.div)(args[0], args[1])
-    else:
-        out = mul(args[0], args[1])
-    if foreach:
-        torch._foreach_mul_(out, alpha)
-        return out
-    return out.mul_(alpha)
+        return (torch._foreach_div if foreach else torch.div)(args[0], args[1])
+    return (torch._foreach_mul if foreach else torch.mul)(args[0], args[1])
 
 
 def _foreach_terms(program: Program, bucket: Bucket, env: list) -> None:
@@ -177,7 +172,8 @@ def _foreach_terms(program: Program, bucket: Bucket, env: list) -> None:
             (torch.ops.aten._foreach_add_.Tensor if tensor_lr else torch._foreach_add_)(
                 target, alpha)
         elif tensor_lr:
-            torch._foreach_add_(target, _scaled(term, args, params, alpha, foreach=True))
+            for t, x in zip(target, _unscaled(term, args, params, foreach=True), strict=True):
+                t.addcmul_(x, alpha)
         elif term.kind in ("scale", "add"):
             torch._foreach_add_(target, params if term.kind == "scale" else args[0], alpha=alpha)
         elif term.kind == "addcdiv":
@@ -204,7 +200,7 @@ def _terms(program: Program, p: torch.Tensor, lr: float | torch.Tensor, env: lis
         elif term.kind == "scalar":
             target.add_(alpha)
         elif tensor_lr:
-            target.add_(_scaled(term, args, p, alpha, foreach=False))  # type: ignore[arg-type]
+            target.addcmul_(_unscaled(term, args, p, foreach=False), alpha)
         elif term.kind in ("scale", "add"):
             target.add_(p if term.kind == "scale" else args[0], alpha=alpha)
         elif term.kind == "addcdiv":

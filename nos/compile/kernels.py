@@ -235,6 +235,27 @@ for _name in ("neg", "exp", "log", "sqrt", "abs"):
     KERNELS[_name] = Kernel(OPS[_name].tensor, OPS[_name].foreach, _t_unary_(_name),
                             _f_unary_(_name))
 KERNELS["sign"] = Kernel(OPS["sign"].tensor, OPS["sign"].foreach, _t_sign_, _f_sign_)
+def _t_lerp_(a, b, w):
+    return a.lerp_(b if isinstance(b, torch.Tensor) else torch.as_tensor(b, dtype=a.dtype), w)
+
+
+def _f_lerp_(a, b, w):
+    if _is_list(b) and not _is_list(w):
+        F._foreach_lerp_(a, b, w)
+    else:
+        for i, x in enumerate(a):
+            _t_lerp_(x, b[i] if _is_list(b) else b, w[i] if _is_list(w) else w)
+    return a
+
+
+def _f_lerp(a, b, w):
+    if _is_list(a) and _is_list(b) and not _is_list(w):
+        return F._foreach_lerp(a, b, w)
+    return OPS["lerp"].foreach(a, b, w)
+
+
+KERNELS["lerp"] = Kernel(OPS["lerp"].tensor, _f_lerp, _t_lerp_, _f_lerp_)
+
 # Operations without an in-place form: the comparisons, where, lerp, the reductions and the
 # matrix functions (their multi-tensor form is nos.lang.ops's, a loop where torch has no
 # _foreach_ form).

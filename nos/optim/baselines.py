@@ -38,10 +38,29 @@ def _baseline(name: str, lr: float, text: str, doc: str) -> None:
     _REGISTRY.append(Baseline(name, text.strip() + "\n", lr, " ".join(doc.split())))
 
 
-_baseline("sgd", 1e-2, f"""
-param wd = 0 {_POS}
-update = g + wd * w
-""", "Stochastic gradient descent: update = g + wd w. (Robbins & Monro, 1951; torch.optim.SGD)")
+_FLAG = "in [0, 1]"
+# torch.optim's weight decay: added to the gradient, or (decoupled) applied to the weights
+_L2 = "let d = g + weight_decay * w"
+_SWITCHED = """param decoupled_weight_decay = 0 in [0, 1]
+let d = where(decoupled_weight_decay, g, g + weight_decay * w)"""
+_DECOUPLED = "where(decoupled_weight_decay, weight_decay * w, 0)"
+
+# --- torch.optim, keyword for keyword ------------------------------------------------
+# Each rule's params are the torch class's keywords (its tuples are split: betas is
+# beta1, beta2); flags are params in [0, 1] that switch a where, so a group's program
+# holds only the branch its flags take.  ``maximize`` is nos.Optimizer's, for every rule.
+
+_baseline("sgd", 1e-3, f"""
+param momentum = 0 {_POS}
+param dampening = 0 in [-inf, inf)
+param weight_decay = 0 {_POS}
+param nesterov = 0 {_FLAG}
+{_L2}
+state buf = momentum * buf + where(t == 1, 1, 1 - dampening) * d
+update = where(momentum != 0, where(nesterov, d + momentum * buf, buf), d)
+""", """Stochastic gradient descent, with torch.optim.SGD's keywords: weight_decay added to
+g, momentum buf <- momentum buf + (1 - dampening) g (buf = g at the first step), nesterov
+update = g + momentum buf. (Robbins & Monro, 1951; Polyak, 1964; torch.optim.SGD)""")
 
 _baseline("momentum", 1e-2, f"""
 param momentum = 0.9 {_POS}
@@ -61,27 +80,30 @@ update = d + momentum * buf
 """, """SGD with Nesterov momentum: buf <- momentum buf + g; update = g + momentum buf.
 (Sutskever et al., 2013; torch.optim.SGD(nesterov=True))""")
 
-_baseline("adam", 1e-3, f"""
-param beta1 = 0.9 {_BETA}
-param beta2 = 0.999 {_BETA}
-param eps = 1e-8 {_POS}
-param wd = 0 {_POS}
-let d = g + wd * w
-state m = beta1 * m + (1 - beta1) * d
-state v = beta2 * v + (1 - beta2) * d^2
-update = m / (1 - beta1^t) / (sqrt(v) / (1 - beta2^t)^0.5 + eps)
-""", """Adam: m, v running averages of g and g^2; update = m_hat / (sqrt(v_hat) + eps)
-with bias-corrected m_hat, v_hat. (Kingma & Ba, 2015; torch.optim.Adam)""")
 
-_baseline("adamw", 1e-3, f"""
+def _adam(decoupled: bool) -> str:
+    return f"""
 param beta1 = 0.9 {_BETA}
 param beta2 = 0.999 {_BETA}
 param eps = 1e-8 {_POS}
-param wd = 0.01 {_POS}
-state m = beta1 * m + (1 - beta1) * g
-state v = beta2 * v + (1 - beta2) * g^2
-update = m / (1 - beta1^t) / (sqrt(v) / (1 - beta2^t)^0.5 + eps) + wd * w
-""", """Adam with decoupled weight decay: update = adam + wd w, the decay applied to the
+param weight_decay = {0.01 if decoupled else 0} {_POS}
+param amsgrad = 0 {_FLAG}
+{"let d = g" if decoupled else _SWITCHED}
+state m = lerp(m, d, 1 - beta1)
+state v = beta2 * v + (1 - beta2) * d^2
+state vmax = where(amsgrad, max(vmax, v), 0)
+let denom = sqrt(where(amsgrad, vmax, v)) / (1 - beta2^t)^0.5 + eps
+update = m / (1 - beta1^t) / denom + {"weight_decay * w" if decoupled else _DECOUPLED}
+"""
+
+
+_baseline("adam", 1e-3, _adam(False), """Adam, with torch.optim.Adam's keywords: m, v running
+averages of g and g^2; update = m_hat / (sqrt(v_hat) + eps); amsgrad takes the running
+maximum of v; decoupled_weight_decay decays the weights (AdamW). (Kingma & Ba, 2015;
+torch.optim.Adam)""")
+
+_baseline("adamw", 1e-3, _adam(True), """Adam with decoupled weight decay, with
+torch.optim.AdamW's keywords: update = adam + weight_decay w, the decay applied to the
 weights rather than added to the gradient. (Loshchilov & Hutter, 2019; torch.optim.AdamW)""")
 
 _baseline("amsgrad", 1e-3, f"""
@@ -97,39 +119,164 @@ update = m / (1 - beta1^t) / (sqrt(vmax) / (1 - beta2^t)^0.5 + eps)
 """, """AMSGrad: Adam whose denominator uses the running maximum of v.
 (Reddi et al., 2018; torch.optim.Adam(amsgrad=True))""")
 
-_baseline("rmsprop", 1e-2, f"""
-param alpha = 0.99 {_BETA}
-param eps = 1e-8 {_POS}
-param momentum = 0 {_POS}
-param wd = 0 {_POS}
-let d = g + wd * w
-state sq = alpha * sq + (1 - alpha) * d^2
-state buf = momentum * buf + d / (sqrt(sq) + eps)
-update = buf
-""", """RMSProp: sq running average of g^2; update = g / (sqrt(sq) + eps), with optional
-momentum on that ratio. (Tieleman & Hinton, 2012; torch.optim.RMSprop, not centered)""")
-
-_baseline("adagrad", 1e-2, f"""
-param lr_decay = 0 {_POS}
-param eps = 1e-10 {_POS}
-param wd = 0 {_POS}
-let d = g + wd * w
-state acc = acc + d^2
-update = d / (sqrt(acc) + eps) / (1 + (t - 1) * lr_decay)
-""", """Adagrad: acc sum of g^2; update = g / (sqrt(acc) + eps), the step size divided by
-1 + (t - 1) lr_decay. (Duchi et al., 2011; torch.optim.Adagrad)""")
-
 _baseline("adamax", 2e-3, f"""
 param beta1 = 0.9 {_BETA}
 param beta2 = 0.999 {_BETA}
 param eps = 1e-8 {_POS}
-param wd = 0 {_POS}
-let d = g + wd * w
-state m = beta1 * m + (1 - beta1) * d
+param weight_decay = 0 {_POS}
+{_L2}
+state m = lerp(m, d, 1 - beta1)
 state u = max(beta2 * u, abs(d) + eps)
 update = m / (1 - beta1^t) / u
-""", """Adamax: Adam with the infinity norm, u <- max(beta2 u, |g| + eps);
-update = m_hat / u. (Kingma & Ba, 2015; torch.optim.Adamax)""")
+""", """Adamax, with torch.optim.Adamax's keywords: Adam with the infinity norm,
+u <- max(beta2 u, |g| + eps); update = m_hat / u. (Kingma & Ba, 2015; torch.optim.Adamax)""")
+
+_baseline("adagrad", 1e-2, f"""
+param lr_decay = 0 {_POS}
+param weight_decay = 0 {_POS}
+param initial_accumulator_value = 0 {_POS}
+param eps = 1e-10 {_POS}
+{_L2}
+state acc = acc + d^2 + where(t == 1, initial_accumulator_value, 0)
+update = d / (sqrt(acc) + eps) / (1 + (t - 1) * lr_decay)
+""", """Adagrad, with torch.optim.Adagrad's keywords: acc sum of g^2 (from
+initial_accumulator_value); update = g / (sqrt(acc) + eps), the step divided by
+1 + (t - 1) lr_decay. (Duchi et al., 2011; torch.optim.Adagrad)""")
+
+_baseline("adadelta", 1.0, f"""
+param rho = 0.9 in [0, 1]
+param eps = 1e-6 {_POS}
+param weight_decay = 0 {_POS}
+{_L2}
+state sq = rho * sq + (1 - rho) * d^2
+let delta = sqrt(acc + eps) / sqrt(sq + eps) * d
+state acc = rho * acc + (1 - rho) * delta^2
+update = delta
+""", """Adadelta, with torch.optim.Adadelta's keywords: sq running average of g^2,
+delta = sqrt(acc + eps) / sqrt(sq + eps) g, acc running average of delta^2 (the old acc is
+read first). (Zeiler, 2012; torch.optim.Adadelta)""")
+
+_baseline("rmsprop", 1e-2, f"""
+param alpha = 0.99 {_POS}
+param eps = 1e-8 {_POS}
+param weight_decay = 0 {_POS}
+param momentum = 0 {_POS}
+param centered = 0 {_FLAG}
+{_L2}
+state sq = alpha * sq + (1 - alpha) * d^2
+state grad_avg = where(centered, lerp(grad_avg, d, 1 - alpha), 0)
+let avg = sqrt(where(centered, sq - grad_avg * grad_avg, sq)) + eps
+state buf = where(momentum > 0, momentum * buf + d / avg, 0)
+update = where(momentum > 0, buf, d / avg)
+""", """RMSProp, with torch.optim.RMSprop's keywords: sq running average of g^2;
+update = g / (sqrt(sq) + eps), centered subtracting the square of g's running mean, with
+optional momentum on that ratio. (Tieleman & Hinton, 2012; torch.optim.RMSprop)""")
+
+_baseline("rprop", 1e-2, f"""
+param etaminus = 0.5 in (0, 1)
+param etaplus = 1.2 in (1, inf)
+param step_size_min = 1e-6 {_POS}
+param step_size_max = 50 {_POS}
+let agree = sign(g * prev)
+let factor = where(agree > 0, etaplus, where(agree < 0, etaminus, 1))
+state size = min(max((size + where(t == 1, lr, 0)) * factor, step_size_min), step_size_max)
+let kept = where(agree < 0, 0, g)
+state prev = kept
+update = sign(kept) * size * where(lr > 0, 1 / lr, 0)
+""", """Rprop, with torch.optim.Rprop's keywords: each element's step size (lr at first)
+grows by etaplus where g keeps its sign and shrinks by etaminus where it flips (that
+gradient then counts as 0), within step_sizes; w <- w - sign(g) size, whatever the lr
+later. (Riedmiller & Braun, 1993; torch.optim.Rprop)""")
+
+_baseline("asgd", 1e-2, f"""
+param lambd = 1e-4 {_POS}
+param alpha = 0.75 {_POS}
+param t0 = 1e6 {_POS}
+param weight_decay = 0 {_POS}
+{_L2}
+let eta = 1 / (1 + lambd * lr * (t - 1))^alpha
+update = eta * d + eta * lambd * w
+""", """ASGD, with torch.optim.ASGD's keywords: the step size lr / (1 + lambd lr s)^alpha
+(s = t - 1) on g + lambd w. torch's average ax (from step t0) does not change the
+parameters and is not kept. (Polyak & Juditsky, 1992; torch.optim.ASGD)""")
+
+_baseline("nadam", 2e-3, f"""
+param beta1 = 0.9 {_BETA}
+param beta2 = 0.999 {_BETA}
+param eps = 1e-8 {_POS}
+param weight_decay = 0 {_POS}
+param momentum_decay = 4e-3 {_POS}
+{_SWITCHED}
+let mu = beta1 * (1 - 0.5 * 0.96^(t * momentum_decay))
+let mu_next = beta1 * (1 - 0.5 * 0.96^((t + 1) * momentum_decay))
+state mu_product = where(t == 1, 1, mu_product) * mu
+state m = lerp(m, d, 1 - beta1)
+state v = beta2 * v + (1 - beta2) * d^2
+let denom = sqrt(v / (1 - beta2^t)) + eps
+let now = (1 - mu) / (1 - mu_product) * d / denom
+let ahead = mu_next / (1 - mu_product * mu_next) * m / denom
+update = now + ahead + {_DECOUPLED}
+""", """NAdam, with torch.optim.NAdam's keywords: Adam with Nesterov momentum whose
+coefficient mu_t warms up with momentum_decay; mu_product, the running product of the
+mu_t, is a number kept per tensor. (Dozat, 2016; torch.optim.NAdam)""")
+
+_baseline("radam", 1e-3, f"""
+param beta1 = 0.9 {_BETA}
+param beta2 = 0.999 {_BETA}
+param eps = 1e-8 {_POS}
+param weight_decay = 0 {_POS}
+{_SWITCHED}
+state m = lerp(m, d, 1 - beta1)
+state v = beta2 * v + (1 - beta2) * d^2
+let m_corrected = m / (1 - beta1^t)
+let rho_inf = 2 / (1 - beta2) - 1
+let rho = rho_inf - 2 * t * beta2^t / (1 - beta2^t)
+let rect = ((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))^0.5
+let adaptive = (1 - beta2^t)^0.5 / (sqrt(v) + eps)
+update = where(rho > 5, m_corrected * adaptive * rect, m_corrected) + {_DECOUPLED}
+""", """RAdam, with torch.optim.RAdam's keywords: Adam whose adaptive step is switched on
+(rho > 5) and rectified once the variance of its estimate is tractable.
+(Liu et al., 2020; torch.optim.RAdam)""")
+
+_baseline("adafactor", 1e-2, f"""
+param beta2_decay = -0.8 in (-inf, 0]
+param eps1 = 0 {_POS}
+param eps2 = 1e-3 {_POS}
+param d = 1 {_POS}
+param weight_decay = 0 {_POS}
+let e1 = where(eps1 > 0, eps1, machine_eps)
+let beta = t^beta2_decay
+state row = lerp(row, rowmean(g^2), beta)
+state col = lerp(col, colmean(g^2), beta)
+let variance = where(ndim >= 2, row * col / max(colmean(row), e1), row)
+let u = g / sqrt(max(variance, e1 * e1))
+update = min(1, 1 / (lr * t^0.5)) * max(eps2, rms(w)) * u / max(1, rms(u) / d) + weight_decay * w
+""", """Adafactor, with torch.optim.Adafactor's keywords (eps is the pair eps1, eps2; eps1 0,
+torch's None, is the dtype's machine epsilon): the second moment of a matrix factored into
+a row and a column average (a vector keeps it whole), the update clipped to rms d and
+scaled by max(eps2, rms(w)) min(lr, 1/sqrt(t)). (Shazeer & Stern, 2018;
+torch.optim.Adafactor)""")
+
+_baseline("muon", 1e-3, f"""
+param weight_decay = 0.1 {_POS}
+param momentum = 0.95 {_BETA}
+param nesterov = 1 {_FLAG}
+param ns_a = 3.4445 in [-inf, inf)
+param ns_b = -4.775 in [-inf, inf)
+param ns_c = 2.0315 in [-inf, inf)
+param eps = 1e-7 {_POS}
+param ns_steps = 5 in [0, 100)
+param ns_bits = 16 in [0, 64]
+param adjust_lr_fn = 0 {_FLAG}
+state buf = lerp(buf, g, 1 - momentum)
+let direction = where(nesterov, lerp(g, buf, momentum), buf)
+let ratio = where(adjust_lr_fn, 0.2 * sqrt(max(rows, cols)), sqrt(max(1, rows / cols)))
+let orthogonal = newton_schulz(direction, ns_a, ns_b, ns_c, ns_steps, eps, ns_bits)
+update = ratio * orthogonal + weight_decay * w
+""", """Muon, with torch.optim.Muon's keywords (ns_coefficients is the triple ns_a, ns_b,
+ns_c; adjust_lr_fn 'match_rms_adamw' is 1): momentum, then the Newton-Schulz
+orthogonalisation of the 2-D update in bfloat16 (ns_bits 16), the step scaled by
+sqrt(max(1, rows / cols)). 2-D parameters only. (Jordan et al., 2024; torch.optim.Muon)""")
 
 _baseline("sgdw", 1e-2, f"""
 param momentum = 0.9 {_POS}

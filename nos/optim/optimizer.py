@@ -392,8 +392,9 @@ class Optimizer(torch.optim.Optimizer):
             shape = program.buffer_shape(name)
             tensors = []
             for p, state in zip(ps, states, strict=True):
-                if name not in state:
-                    state[name] = torch.zeros(shape_of(shape, p), dtype=p.dtype,
+                if name not in state:  # a reduced shape is of the 2-D view of a viewed rule
+                    like = matrix_view(p) if program.viewed else p
+                    state[name] = torch.zeros(shape_of(shape, like), dtype=p.dtype,
                                               device=p.device)
                 buffer = state[name]
                 tensors.append(matrix_view(buffer) if program.viewed and shape == FULL

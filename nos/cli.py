@@ -51,6 +51,13 @@ def rule_json(rule: Rule) -> dict:
 
 def cmd_parse(args: argparse.Namespace) -> int:
     rule = resolve_rule(args.rule)
+    if args.param:
+        from nos.optim.baselines import BASELINES
+        from nos.optim.keywords import variant
+        from nos.optim.param_options import parse_param_options
+
+        name = args.rule if args.rule in BASELINES else "the rule"
+        rule = variant(rule, parse_param_options(args.param), name)
     if args.json:
         print(json.dumps(rule_json(rule), indent=2))
     elif args.latex:
@@ -74,6 +81,9 @@ def _add_parse(sub: argparse._SubParsersAction) -> None:
     fmt.add_argument("--json", action="store_true", help="canonical text, params, state, names")
     fmt.add_argument("--latex", action="store_true", help="the rule as LaTeX")
     fmt.add_argument("--expand", action="store_true", help="with prelude definitions written out")
+    p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a keyword of the rule (repeatable): its value becomes the default, "
+                   "and the variant its switches pick is printed (adam --param amsgrad=true)")
     p.set_defaults(handler=cmd_parse)
 
 

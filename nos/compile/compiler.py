@@ -30,7 +30,7 @@ from nos.compile.passes import optimize_program
 from nos.compile.program import SCALAR, TENSOR, Program, ProgramBuilder, Term, broadcast
 from nos.lang.ops import OPS
 from nos.lang.rule import Rule
-from nos.lang.tree import TENSOR_FACTS, Node, Statement, live_statements
+from nos.lang.tree import TENSOR_FACTS, Node, Statement, live_statements, num
 
 
 def _whole_update(update: int, is_tensor: bool) -> Term:
@@ -76,7 +76,11 @@ def _fold_where(node: Node, values: dict[str, float]) -> Node:
         if known is not None:
             return _fold_where(node.args[1] if known != 0 else node.args[2], values)
     args = tuple(_fold_where(a, values) for a in node.args)
-    return node if args == node.args else replace(node, args=args)
+    if args == node.args:
+        return node
+    if node.op in ("add", "sub") and args[1] == num(0.0):  # a branch taken was 0 (as the
+        return args[0]  # compiler's own x + 0 = x)
+    return replace(node, args=args)
 
 
 def specialise(statements: tuple[Statement, ...], values: dict[str, float]

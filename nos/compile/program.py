@@ -231,7 +231,7 @@ class ProgramBuilder:
                              kind=SCALAR)
         if op.random:
             return self.emit(node.op, (self.tensorize(args[0]), args[1]), kind=TENSOR,
-                             random=True)
+                             random=True, shape=FULL)  # a mask of the parameter's shape
         if not op.elementwise:
             args = (self.tensorize(args[0]),) + args[1:]
         return self.emit(node.op, args)

@@ -115,3 +115,37 @@ def check_group(group: dict, rule: str) -> None:
             group.get("momentum", 0) <= 0 or group["dampening"] != 0):
         raise KeywordError(f"Invalid nesterov: True, Nesterov momentum requires a momentum "
                            f"and zero dampening for rule {rule}")
+
+
+def variant(rule, options: dict[str, Any], name: str):
+    """The rule that ``options`` (keywords, as for nos.Optimizer) make of ``rule``: the
+    params given take their values as defaults, and each ``where`` the switches decide is
+    replaced by its branch, with what only the other branch read (``nos parse adam --param
+    amsgrad=true`` prints AMSGrad)."""
+    from dataclasses import replace
+
+    from nos.compile.compiler import specialise, switches
+    from nos.lang.rule import Rule
+    from nos.lang.tree import live_statements
+
+    statements = rule.expanded().statements
+    declared = {s.name: s for s in statements if s.kind == "param"}
+    given = dict(options)
+    unknown = sorted(set(given) - set(declared) - set(tuple_keywords(declared)))
+    if unknown:
+        raise KeywordError(f"unknown keyword {unknown[0]!r} for rule {name}; its params: "
+                           f"{', '.join(sorted(declared)) or 'none'}")
+    split_tuples(given, tuple_keywords(declared), name)
+    translate(given, name)
+    for key, value in given.items():
+        given[key] = number(value)
+        check_value(key, given[key], declared[key].bounds, name)
+    values = {key: float(s.default) for key, s in declared.items()}  # type: ignore[arg-type]
+    values.update({key: float(value) for key, value in given.items()})
+    decided = {key: values[key] for key in switches(rule) if key in values}
+    statements = tuple(replace(s, default=values[s.name]) if s.name in given else s
+                       for s in statements)
+    folded = live_statements(specialise(statements, decided))
+    own = {s.name for s in rule.statements}
+    return Rule(tuple(s for s in folded if s.name in own or s.kind == "update"
+                      or s.name in given))

@@ -5,7 +5,7 @@ A config file has these tables (every key optional; defaults below):
     [search]      controller, budget, batch, seed, cache, seconds (stop proposing after)
     [task]        name, and the task's own options (data_dir, path, ...)
     [evaluation]  epochs, lr, lr_grid, grid_epochs, time_limit, floor, batch_size, schedule
-    [space]       units, operands, unary, binary, decay_operands, annealed_noise
+    [space]       units, operands, unary, binary, decay_operands, annealed_noise, tensor_ops
     [controller]  the chosen controller's settings
     [workers]     count, num_cpus, num_gpus, max_attempts, threads
     [funnel]      baselines, stages (optional: see nos.search.funnel)

@@ -41,6 +41,20 @@ DEFAULT_BINARY: tuple[str, ...] = ("x + y", "x - y", "x * y", "x / (y + 1e-8)", 
 DECAY_OPERANDS: tuple[str, ...] = ("ld", "cd(1)", "rd(1)", "cd(0.5)")
 ANNEALED_NOISE = "annealed_noise"
 
+# Switched on by SpaceConfig.tensor_ops: the language's tensor-level constructs, as Lion's
+# program search used them beyond the paper's list: per-tensor norms (normalised and
+# trust-ratio updates), masks from comparisons, interpolation, and Adafactor's factored
+# row and column averages.  (Matrix functions are left out: the child tasks have vectors.)
+TENSOR_OPERANDS: tuple[str, ...] = ("rms(g)", "norm(w) / (norm(g) + 1e-8)")
+TENSOR_UNARY: tuple[str, ...] = (
+    "x / (rms(x) + 1e-8)", "clip(x, rms(x))", "x * (x > 0)",
+    "rowmean(x) * colmean(x) / (mean(x) + 1e-8)",
+)
+TENSOR_BINARY: tuple[str, ...] = (
+    "where(x * y > 0, x, 0)", "lerp(x, y, 0.9)", "x * norm(y) / (norm(x) + 1e-8)",
+    "max(x, y)",
+)
+
 KINDS: tuple[str, ...] = ("operand", "operand", "unary", "unary", "binary")
 TOKENS_PER_UNIT = len(KINDS)
 
@@ -64,13 +78,14 @@ class SpaceConfig:
     binary: tuple[str, ...] = DEFAULT_BINARY
     decay_operands: bool = False
     annealed_noise: bool = False
+    tensor_ops: bool = False
 
     def __post_init__(self) -> None:
         if not _is_int(self.units) or self.units < 1:
             raise ValueError(f"space: 'units' must be an integer >= 1, got {self.units!r}")
         for key in ("operands", "unary", "binary"):
             _check_snippets(key, getattr(self, key))
-        for key in ("decay_operands", "annealed_noise"):
+        for key in ("decay_operands", "annealed_noise", "tensor_ops"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"space: '{key}' must be true or false, "
                                  f"got {getattr(self, key)!r}")
@@ -152,8 +167,14 @@ class Space:
         self.config = config if config is not None else SpaceConfig()
         extra = DECAY_OPERANDS if self.config.decay_operands else ()
         extra += (ANNEALED_NOISE,) if self.config.annealed_noise else ()
+        extra += TENSOR_OPERANDS if self.config.tensor_ops else ()
         self.operands: tuple[str, ...] = self.config.operands + tuple(
             o for o in extra if o not in self.config.operands)
+        tensor = self.config.tensor_ops
+        self.unary: tuple[str, ...] = self.config.unary + tuple(
+            u for u in (TENSOR_UNARY if tensor else ()) if u not in self.config.unary)
+        self.binary: tuple[str, ...] = self.config.binary + tuple(
+            b for b in (TENSOR_BINARY if tensor else ()) if b not in self.config.binary)
         self.kinds: tuple[str, ...] = KINDS * self.config.units
         self.decisions: tuple[int, ...] = tuple(
             len(self.choices(p)) for p in range(len(self.kinds)))
@@ -180,7 +201,7 @@ class Space:
         if kind == "operand":
             unit = position // TOKENS_PER_UNIT
             return self.operands + tuple(unit_name(j) for j in range(unit))
-        return self.config.unary if kind == "unary" else self.config.binary
+        return self.unary if kind == "unary" else self.binary
 
     def validate(self, tokens: Sequence[int]) -> tuple[int, ...]:
         """The tokens as a tuple of ints; ValueError naming the first bad position."""

@@ -365,9 +365,12 @@ class Optimizer(torch.optim.Optimizer):
             if not state:
                 state["step"] = 0
             state["step"] += 1
-            facts = tensor_facts(p) if self._facts else {}
-            key = (p.device, p.dtype, state["step"], tuple(facts.get(f) for f in self._facts),
-                   tuple(state.get(name, 0.0) for name in self.program.scalar_state))
+            key = (p.device, p.dtype, state["step"], (), ())
+            if self._facts or self.program.scalar_state:
+                facts = tensor_facts(p) if self._facts else {}
+                key = key[:3] + (tuple(facts[f] for f in self._facts),
+                                 tuple(state.get(name, 0.0)
+                                       for name in self.program.scalar_state))
             ps, gs, states = buckets.setdefault(key, ([], [], []))
             ps.append(p)
             gs.append(p.grad)
@@ -381,7 +384,7 @@ class Optimizer(torch.optim.Optimizer):
             return run_foreach
         # On the CPU one tensor at a time keeps a large tensor's temporaries in cache,
         # where the multi-tensor path streams every operation over all of them.
-        large = sum(p.numel() for p in params) / len(params) >= FOREACH_LIMIT
+        large = sum(p.numel() for p in params) >= FOREACH_LIMIT * len(params)
         return run_reference if large else run_foreach
 
     @staticmethod
@@ -389,6 +392,12 @@ class Optimizer(torch.optim.Optimizer):
         """The program's buffers for a bucket, made (zeros of their shape) where missing."""
         buffers = {}
         for name in program.buffers:
+            if not program.viewed:
+                try:  # the common case: every buffer made already
+                    buffers[name] = [state[name] for state in states]
+                    continue
+                except KeyError:
+                    pass
             shape = program.buffer_shape(name)
             tensors = []
             for p, state in zip(ps, states, strict=True):

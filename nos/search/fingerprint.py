@@ -56,6 +56,9 @@ def _probe() -> tuple[list[torch.Tensor], list[list[torch.Tensor]], list[list[to
 
 def _updates(rule: Rule, grads: list[list[torch.Tensor]]) -> np.ndarray:
     program = compile_rule(rule)
+    if program.scalar_state or program.viewed or program.facts or program.switches or any(
+            program.buffer_shape(name) for name in program.buffers):
+        return _optimizer_updates(rule, grads)
     params0, _, _ = _probe()
     params = [p.clone() for p in params0]
     buffers = {name: [torch.zeros_like(p) for p in params] for name in program.buffers}
@@ -72,6 +75,24 @@ def _updates(rule: Rule, grads: list[list[torch.Tensor]]) -> np.ndarray:
         before = [p.clone() for p in params]
         group = Bucket(params, [x.clone() for x in g], buffers, hyper, 1.0, t, PROBE_STEPS)
         run_reference(program, group, generator)
+        steps.append(torch.cat([_moved(b, p) for b, p in zip(before, params)]))
+    return torch.stack(steps).numpy()
+
+
+def _optimizer_updates(rule: Rule, grads: list[list[torch.Tensor]]) -> np.ndarray:
+    """The probe through nos.Optimizer, for rules whose buffers are numbers or of reduced
+    shapes, or that read a tensor's facts or switch on a param (the plain program above
+    is kept for the others, whose digests stored runs hold)."""
+    from nos.optim.optimizer import Optimizer
+
+    params = [p.clone().requires_grad_(False) for p in _probe()[0]]
+    opt = Optimizer(params, rule, lr=1.0, total_steps=PROBE_STEPS, foreach=False, seed=0)
+    steps = []
+    for g in grads:
+        before = [p.clone() for p in params]
+        for p, x in zip(params, g):
+            p.grad = x.clone()
+        opt.step()
         steps.append(torch.cat([_moved(b, p) for b, p in zip(before, params)]))
     return torch.stack(steps).numpy()
 

@@ -35,6 +35,28 @@ CHOICES: dict[str, dict[Any, float]] = {
 }
 WHOLE = frozenset({"ns_steps"})
 
+# torch.optim's state names for the buffers of the rules named after its classes, so that
+# a torch optimizer's state_dict loads into nos where the buffers correspond.
+TORCH_STATE: dict[str, dict[str, str]] = {
+    "sgd": {"momentum_buffer": "buf"},
+    "adam": {"exp_avg": "m", "exp_avg_sq": "v", "max_exp_avg_sq": "vmax"},
+    "adamw": {"exp_avg": "m", "exp_avg_sq": "v", "max_exp_avg_sq": "vmax"},
+    "amsgrad": {"exp_avg": "m", "exp_avg_sq": "v", "max_exp_avg_sq": "vmax"},
+    "adamax": {"exp_avg": "m", "exp_inf": "u"},
+    "adagrad": {"sum": "acc"},
+    "adadelta": {"square_avg": "sq", "acc_delta": "acc"},
+    "rmsprop": {"square_avg": "sq", "grad_avg": "grad_avg", "momentum_buffer": "buf"},
+    "rprop": {"prev": "prev", "step_size": "size"},
+    "nadam": {"exp_avg": "m", "exp_avg_sq": "v", "mu_product": "mu_product"},
+    "radam": {"exp_avg": "m", "exp_avg_sq": "v"},
+    "adafactor": {"row_var": "row", "col_var": "col", "variance": "row"},
+    "muon": {"momentum_buffer": "buf"},
+    "momentum": {"momentum_buffer": "buf"},
+    "nesterov": {"momentum_buffer": "buf"},
+}
+# What torch keeps that changes no parameter (ASGD's eta, mu and average ax).
+TORCH_IGNORED = frozenset({"eta", "mu", "ax"})
+
 
 def tuple_keywords(declared: set[str] | dict) -> dict[str, tuple[str, ...]]:
     """The tuple keywords a rule with these params takes: all parts declared, and the

@@ -15,6 +15,7 @@ the rule reads ``lr``); the generator of a seeded random rule is part of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -33,6 +34,8 @@ from nos.lang.ops import OPS
 from nos.lang.rule import Rule, parse
 from nos.lang.tree import TENSOR_FACTS, Statement
 from nos.optim.keywords import (
+    TORCH_IGNORED,
+    TORCH_STATE,
     check_group,
     check_value,
     number,
@@ -170,6 +173,8 @@ class Optimizer(torch.optim.Optimizer):
         self.total_steps = total_steps
         self.foreach = foreach
         self.fused = bool(fused)
+        if self.fused and foreach:
+            raise ValueError(f"foreach and fused cannot both be True (rule {self.name})")
         if self.fused and self.program.random:
             raise ValueError("fused=True does not support random rules (noise, drop)")
         self.seed = seed
@@ -232,7 +237,7 @@ class Optimizer(torch.optim.Optimizer):
             if lr.numel() != 1:
                 raise ValueError(f"Tensor lr must be 1-element, got shape {tuple(lr.shape)}")
             if not lr >= 0:
-                raise ValueError(f"Invalid lr: {float(lr)}, must be >= 0")
+                raise ValueError(f"Invalid lr: {float(lr)}, must be >= 0 for rule {self.name}")
         elif not isinstance(lr, (int, float)) or not lr >= 0:
             raise ValueError(f"Invalid lr: {lr!r}, must be >= 0 for rule {self.name}")
         for name, s in self._declared.items():
@@ -292,14 +297,45 @@ class Optimizer(torch.optim.Optimizer):
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """torch's ``load_state_dict``; a saved seed and generator states are restored too."""
+        """torch's ``load_state_dict``; a saved seed and generator states are restored too.
+
+        A torch optimizer's state dict loads into the rule named after its class where the
+        buffers correspond (Adam's ``exp_avg`` is the rule's ``m``): its names, its tensor
+        step and its 0-d numbers become the rule's."""
         super().load_state_dict(state_dict)
+        self._from_torch()
         saved = state_dict.get(GENERATORS)
         if saved is not None:
             self.seed = int(saved["seed"])
             self._generators = {}
             self._saved_generators = {name: state.cpu()
                                       for name, state in saved["states"].items()}
+
+    def _from_torch(self) -> None:
+        names = TORCH_STATE.get(self.name, {})
+        buffers = set(self.program.buffers) | set(self.program.scalar_state)
+        for p, state in self.state.items():
+            for key in list(state):
+                value = state[key]
+                if key == "step":
+                    state[key] = int(value)
+                elif key in names and names[key] != key and key not in buffers:
+                    state[names[key]] = state.pop(key)
+                elif key in TORCH_IGNORED and key not in buffers:
+                    del state[key]
+            for name in list(state):
+                value = state[name]
+                if name in self.program.scalar_state and isinstance(value, torch.Tensor):
+                    state[name] = float(value)
+                elif name in self.program.buffers and isinstance(value, torch.Tensor):
+                    like = matrix_view(p) if self.program.viewed else p
+                    shape = shape_of(self.program.buffer_shape(name), like)
+                    if self.program.buffer_shape(name) == FULL:
+                        shape = tuple(p.shape)
+                    if tuple(value.shape) != shape and value.numel() == math.prod(shape):
+                        state[name] = value.reshape(shape)
+            if state and "step" not in state:  # torch's SGD counts no steps
+                state["step"] = 1
 
     def _key(self, hyper: dict[str, float], facts: dict[str, float] | None) -> tuple:
         """What a group's program is compiled for: its zero params and its switches."""
@@ -362,9 +398,7 @@ class Optimizer(torch.optim.Optimizer):
         buckets: dict[tuple, tuple[list, list, list]] = {}
         for p in params:
             state = self.state[p]
-            if not state:
-                state["step"] = 0
-            state["step"] += 1
+            state["step"] = state.get("step", 0) + 1
             key = (p.device, p.dtype, state["step"], (), ())
             if self._facts or self.program.scalar_state:
                 facts = tensor_facts(p) if self._facts else {}

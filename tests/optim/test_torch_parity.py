@@ -298,25 +298,23 @@ def test_a_state_dict_resumes_bit_identically(cls, desc, kwargs, through, foreac
     assert rel_error(got, expected) < TOLERANCE
 
 
-# --- 5. torch's state dicts: not loadable yet ---------------------------------------------
-
-# What nos lacks: torch's buffer names for each rule's (Adam's exp_avg, exp_avg_sq and
-# max_exp_avg_sq are m, v and vmax; SGD's momentum_buffer is buf), torch's tensor step as
-# the int nos counts, and a step number where torch keeps none (SGD).
-UNNAMED = ("nos.Optimizer.load_state_dict keeps a torch optimizer's state as it is: the "
-           "rule does not read torch's buffer names (exp_avg, exp_avg_sq, max_exp_avg_sq for "
-           "its m, v, vmax) and starts again from zero buffers, silently")
-NO_STEP = ("torch.optim.SGD keeps no step in its state (only momentum_buffer): nos's step "
-           "takes a state that is not empty to hold one, and fails with KeyError: 'step'")
+# --- 5. torch's state dicts load where the buffers correspond -----------------------------
 
 
 @pytest.mark.parametrize("name,cls,kwargs", [
-    pytest.param("adam", torch.optim.Adam, {"lr": 1e-2}, id="adam", marks=pytest.mark.xfail(
-        strict=True, raises=AssertionError, reason=UNNAMED)),
-    pytest.param("adam", torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}, id="adam-amsgrad",
-                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=UNNAMED)),
-    pytest.param("sgd", torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}, id="sgd-momentum",
-                 marks=pytest.mark.xfail(strict=True, raises=KeyError, reason=NO_STEP)),
+    ("adam", torch.optim.Adam, {"lr": 1e-2}),
+    ("adam", torch.optim.Adam, {"lr": 1e-2, "amsgrad": True}),
+    ("adamw", torch.optim.AdamW, {"lr": 1e-2, "weight_decay": 0.1}),
+    ("sgd", torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}),
+    ("rmsprop", torch.optim.RMSprop, {"lr": 1e-3, "centered": True, "momentum": 0.5}),
+    ("adagrad", torch.optim.Adagrad, {"lr": 0.1}),
+    ("adadelta", torch.optim.Adadelta, {}),
+    ("adamax", torch.optim.Adamax, {}),
+    ("nadam", torch.optim.NAdam, {}),
+    ("radam", torch.optim.RAdam, {}),
+    ("rprop", torch.optim.Rprop, {}),
+    ("asgd", torch.optim.ASGD, {}),
+    ("adafactor", torch.optim.Adafactor, {}),
 ])
 def test_a_torch_state_dict_loads_where_the_buffers_correspond(name, cls, kwargs):
     expected = run(lambda ps: cls(ps, **kwargs), SHAPES)
@@ -465,9 +463,6 @@ def test_muon_refuses_a_1d_parameter_naming_it_and_its_shape(params, where):
     assert message.endswith(f"{where} (rule muon)")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a negative tensor lr is refused without naming the rule "
-                          "('Invalid lr: -1.0, must be >= 0'), unlike a float lr")
 def test_a_negative_tensor_lr_is_refused_naming_the_rule():
     message = _refusal(lambda: nos.Optimizer([W], "adam", lr=torch.tensor(-1.0)))
     assert message == "Invalid lr: -1.0, must be >= 0 for rule adam"

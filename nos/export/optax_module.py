@@ -5,15 +5,25 @@ learning rate (a float or an optax schedule of the step count) and the rule's pa
 keywords, checked against their declared ranges, and returns a transformation whose
 ``update`` gives ``-lr * update`` per leaf, optax's convention of updates to add
 (``optax.apply_updates``).  The state holds the step count, the rule's buffers (each a
-pytree like the params) and, for a random rule, a PRNG key.
+pytree like the params: per leaf an array of the leaf's shape, of its 2-D view's rows or
+columns, a 0-d array for one number per leaf or a buffer that depends on no tensor, a
+0-d zero where a switch leaves it unused) and, for a random rule, a PRNG key.
 
 The maths is the language's, in the same ``_update`` as the torch export
 (:mod:`nos.export.plan`) spelled with ``jax.numpy``: IEEE results throughout (jnp never
 raises), ``sign(nan) = nan``, ``x ^ 0.5`` as ``pow``, nan-propagating ``max``/``min``/
-``clip``, the floored modulo of ``rd``.  Scalars are computed in each leaf's dtype, at
-least float32 (float64 with ``jax_enable_x64``).  Random rules draw from ``jax.random``
-with the key in the state (seeded by ``seed``): the same distributions as nos.Optimizer,
-not its samples.
+``clip``, the floored modulo of ``rd``, comparisons as 1 or 0, ``where(c, a, b)`` with
+nan nonzero, ``lerp`` by torch.lerp's formula, reductions per leaf, rows and columns of
+each leaf's 2-D view, ``newton_schulz`` as torch's (products summed in float32 at least,
+each addmm rounded once; under jit XLA keeps excess precision between bfloat16
+operations).  ``lr`` is the schedule's value at the step, the facts (ndim, rows, ...)
+each leaf's.  A ``where`` on params and facts alone is decided when the step is traced:
+only its branch is computed.  Scalars are computed in each leaf's dtype, at least
+float32 (float64 with ``jax_enable_x64``).  Random rules draw from ``jax.random`` with
+the key in the state (seeded by ``seed``): the same distributions as nos.Optimizer, not
+its samples.  Refused (ExportError): a reduction of a ``where`` on params alone that
+may give a number (traced, a number and a 0-d array look alike), and newton_schulz's
+steps or bits read from anything but params (the iteration is unrolled when traced).
 """
 
 from __future__ import annotations
@@ -29,9 +39,11 @@ from nos.export.plan import (
     docstring_literal,
     float_literal,
     helpers_for,
+    kept_function,
     keywords_of,
     make_plan,
     params_literal,
+    quote,
     read_source,
     tuple_literal,
     update_function,
@@ -50,6 +62,21 @@ CALLS: dict[str, tuple[str | None, str | None]] = {
     "clip": ("_clip({0}, {1})", "_clip({0}, {1})"),
     "max": ("jnp.maximum({0}, {1})", "jnp.maximum({0}, {1})"),
     "min": ("jnp.minimum({0}, {1})", "jnp.minimum({0}, {1})"),
+    "lt": ("_compare(jnp.less, {0}, {1})", "_compare(jnp.less, {0}, {1})"),
+    "le": ("_compare(jnp.less_equal, {0}, {1})", "_compare(jnp.less_equal, {0}, {1})"),
+    "gt": ("_compare(jnp.greater, {0}, {1})", "_compare(jnp.greater, {0}, {1})"),
+    "ge": ("_compare(jnp.greater_equal, {0}, {1})", "_compare(jnp.greater_equal, {0}, {1})"),
+    "eq": ("_compare(jnp.equal, {0}, {1})", "_compare(jnp.equal, {0}, {1})"),
+    "ne": ("_compare(jnp.not_equal, {0}, {1})", "_compare(jnp.not_equal, {0}, {1})"),
+    "lerp": ("_lerp({0}, {1}, {2})", "_lerp({0}, {1}, {2})"),
+    "sum": ("jnp.sum({0})", None),
+    "mean": ("jnp.mean({0})", None),
+    "norm": ("_norm({0})", None),
+    "rms": ("_rms({0})", None),
+    "amax": ("jnp.max({0})", None),
+    "rowmean": ("_rowmean({0})", None),
+    "colmean": ("_colmean({0})", None),
+    "newton_schulz": ("_newton_schulz({0}, {1}, {2}, {3}, {4}, {5}, {6})", None),
     "drop": ("_drop({0}, {1}, drawn[{k}])", None),
     "cd": (None, "_cd({0}, t, T)"),
     "rd": (None, "_rd({0}, t, T)"),
@@ -60,6 +87,124 @@ HELPERS: dict[str, str] = {
 def _clip(x, c):
     """x clamped to [-c, c]: min(max(x, -c), c), nan where either is nan."""
     return jnp.minimum(jnp.maximum(-c, x), c)
+''',
+    "_compare": '''
+def _compare(fn, a, b):
+    """1 where fn(a, b) holds, else 0 (false for nan, but nan != x), in the operands'
+    dtype."""
+    return fn(a, b).astype(jnp.result_type(a, b))
+''',
+    "_lerp": '''
+def _lerp(a, b, weight):
+    """torch.lerp's formula: a + weight (b - a) where |weight| < 0.5, else
+    b - (b - a) (1 - weight)."""
+    diff = b - a
+    return jnp.where(jnp.abs(weight) < 0.5, a + weight * diff, b - diff * (1.0 - weight))
+''',
+    "_norm": '''
+def _norm(x):
+    """The 2-norm of the array's elements, sqrt(sum(x^2))."""
+    return jnp.linalg.norm(jnp.ravel(x))
+''',
+    "_rms": '''
+def _rms(x):
+    """The root mean square of the array's elements, norm(x) / sqrt(size)."""
+    return _norm(x) / math.sqrt(max(x.size, 1))
+''',
+    "_rowmean": '''
+def _rowmean(x):
+    """The mean over the last axis, kept as 1."""
+    return jnp.mean(x, axis=-1, keepdims=True) if x.ndim >= 2 else x
+''',
+    "_colmean": '''
+def _colmean(x):
+    """The mean over the second-to-last axis, kept as 1."""
+    return jnp.mean(x, axis=-2, keepdims=True) if x.ndim >= 2 else x
+''',
+    "_newton_schulz": '''
+def _newton_schulz(x, a, b, c, steps, eps, bits):
+    """torch.optim.Muon's orthogonalisation of the 2-D x, computed in the dtype ``bits``
+    names (16: bfloat16, 32: float32, 64: float64, 0: x's own): x / max(norm(x), eps),
+    then ``steps`` of X <- a X + (b A + c A A) X, A = X X^T (on the transpose of a tall
+    x); the result in x's dtype.  Products are summed in float32 at least and each
+    ``addmm`` rounded once, as torch's; XLA's sums still round otherwise."""
+    if x.ndim != 2:
+        raise ValueError(f"newton_schulz needs a 2-D array, got shape {x.shape}")
+    if steps != int(steps) or not 0 <= steps < 100:
+        raise ValueError(f"newton_schulz steps must be a whole number in [0, 100), got {steps}")
+    dtypes = {0: x.dtype, 16: jnp.bfloat16, 32: jnp.float32, 64: jnp.float64}
+    if bits not in dtypes:
+        raise ValueError(f"newton_schulz bits must be 0, 16, 32 or 64, got {bits:g}")
+    o = x.astype(dtypes[bits])
+    tall = x.shape[0] > x.shape[1]
+    if tall:
+        o = o.T
+    wide = jnp.promote_types(o.dtype, jnp.float32)  # torch sums and scales in it
+    norm = jnp.sqrt(jnp.sum(jnp.square(o.astype(wide)))).astype(o.dtype)
+    o = o / jnp.maximum(norm, eps).astype(o.dtype)
+
+    def addmm(x, m1, m2, beta, alpha=1.0):  # beta x + alpha m1 m2, rounded once
+        product = jnp.matmul(m1, m2, preferred_element_type=wide)
+        return (beta * x.astype(wide) + alpha * product).astype(x.dtype)
+
+    for _ in range(int(steps)):
+        gram = jnp.matmul(o, o.T, preferred_element_type=wide).astype(o.dtype)
+        o = addmm(o, addmm(gram, gram, gram, b, c), o, a)
+    if tall:
+        o = o.T
+    return o.astype(x.dtype)
+''',
+    "_known": '''
+def _known(value):
+    """value() computed now, not traced: it reads params and the leaf's facts alone."""
+    with jax.ensure_compile_time_eval():
+        return float(value())
+''',
+    "_fill": '''
+def _fill(value, like):
+    """value (a number or an array that broadcasts) in like's shape and dtype."""
+    return jnp.broadcast_to(jnp.asarray(value, like.dtype), like.shape)
+''',
+    "_matrix": '''
+def _matrix(x):
+    """x as the rule sees it where it reads rows or columns: a vector of n is a column
+    (n, 1), a number (1, 1), an array of more axes keeps its shape (its rows and columns
+    are the last two)."""
+    if x.ndim >= 2:
+        return x
+    return x.reshape(-1, 1) if x.ndim == 1 else x.reshape(1, 1)
+''',
+    "_facts": '''
+def _facts(x):
+    """What the rule may read of a leaf: ndim, its 2-D view's rows and cols, numel and its
+    dtype's machine_eps."""
+    rows, cols = _matrix(x).shape[-2:]
+    return {"ndim": float(x.ndim), "rows": float(rows), "cols": float(cols),
+            "numel": float(x.size), "machine_eps": float(jnp.finfo(x.dtype).eps)}
+''',
+    "_zeros": '''
+def _zeros(shape, p):
+    """A buffer's first value for the leaf p: zeros of the shape SHAPES names (row, col:
+    p's 2-D view's, the last or second-to-last axis 1), a 0-d zero for a number (in the
+    dtype of the step's numbers) or for a buffer the rule does not keep (none)."""
+    if shape == "number":
+        return jnp.zeros([], jnp.promote_types(p.dtype, jnp.float32))
+    if shape == "full":
+        return jnp.zeros_like(p)
+    if shape in ("one", "none"):
+        return jnp.zeros([], p.dtype)
+    dims = list(_matrix(p).shape)
+    if "row" in shape:
+        dims[-1] = 1
+    if "col" in shape:
+        dims[-2] = 1
+    return jnp.zeros(dims, p.dtype)
+''',
+    "_first": '''
+def _first(name, p, group):
+    """A buffer's first value for the leaf p: zeros of its shape (SHAPES), a 0-d zero where
+    the rule does not keep it for these params and this leaf."""
+    return _zeros(SHAPES[name] if name in _kept(group, _facts(p)) else "none", p)
 ''',
     "_drop": '''
 def _drop(x, p, uniform):
@@ -90,7 +235,12 @@ def _rd(n, t, T):
 ''',
 }
 
-SPELLING = Spelling(calls=CALLS, tensorize="jnp.full_like(g, {0})", clone="{0}", helpers=HELPERS)
+SPELLING = Spelling(
+    calls=CALLS, name="optax", tensorize="jnp.full_like(g, {0})", clone="{0}",
+    helpers=HELPERS,
+    numbers={"div": "jnp.divide({0}, {1})"}, known="_known(lambda: {0})",
+    scalar_where="jnp.where({0}, {1}, {2})", tensor_where="jnp.where({0}, {1}, {2})",
+    read_lr='group["lr"]', static_args={"newton_schulz": (4, 6)})
 # The function's own arguments: a rule's param of one of these names is refused.
 OWN_ARGUMENTS = frozenset({"learning_rate", "total_steps", "seed"})
 # Names of the generated module and its function's body.
@@ -115,13 +265,15 @@ $rule
 # name: (default, low, high, low closed, high closed, range as text); None: any number
 PARAMS = $params
 BUFFERS = $buffers
-SITES = $sites  # the random draws of a step, in order: N(0, 1) or U[0, 1) samples
+${shapes}SITES = $sites  # the random draws of a step, in order: N(0, 1) or U[0, 1) samples
 DEFAULT_LR = $lr
 
 
 $helpers
 
 $update
+$kept
+$step
 
 def _check_values(learning_rate: Any, hyper: dict) -> None:
     """Refuses a learning rate or param value the rule does not allow."""
@@ -160,7 +312,8 @@ $more    _check_values(learning_rate, hyper)
     T = $total
 
     def init_fn(params):
-        buffers = {name: jax.tree_util.tree_map(jnp.zeros_like, params) for name in BUFFERS}
+$matrix        buffers = {name: jax.tree_util.tree_map($zeros, params)
+                   for name in BUFFERS}
         return $state(jnp.zeros([], jnp.int32), buffers$key_init)
 
     def update_fn(updates, state, params=None):
@@ -172,16 +325,23 @@ $needs_w        lr = learning_rate(state.count) if callable(learning_rate) else 
 $keys        steps, new = [], {name: [] for name in BUFFERS}
         for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
             t = count.astype(jnp.promote_types(g.dtype, jnp.float32))
-$drawn            update, buffers = _update(w, g, {name: old[name][i] for name in BUFFERS}, hyper,
-                                      t, T, $samples)
-            steps.append((-lr * update).astype(g.dtype))
+$drawn            step, buffers = _step(w, g, {name: old[name][i] for name in BUFFERS}, hyper, lr,
+                                  t, T, $samples)
+            steps.append(step)
             for name in BUFFERS:
-                new[name].append(buffers[name].astype(g.dtype))
+                new[name].append(buffers[name])
         buffers = {name: treedef.unflatten(new[name]) for name in BUFFERS}
         return treedef.unflatten(steps), $state(count, buffers$key_next)
 
     return optax.GradientTransformation(init_fn, update_fn)
 ''')
+
+MATRIX_CHECK = """\
+        for i, p in enumerate(jax.tree_util.tree_leaves(params)):
+            if jnp.ndim(p) != 2:
+                raise ValueError(f"{op} needs 2-D parameters; leaf {{i}} has shape "
+                                 f"{{jnp.shape(p)}}")
+"""
 
 SAMPLE = '''
 
@@ -228,7 +388,15 @@ def optax_source(rule: Rule | str, name: str | None = None, lr: float | None = N
         signature.insert(len(keywords.plain) + plan.needs_total_steps, "seed: int = 0")
         init += SEED_CHECK
     update = update_function(plan, SPELLING)
-    helpers = helpers_for(update, HELPERS)
+    kept = "\n" + kept_function(plan, SPELLING) + "\n" if plan.kept else ""
+    step = _step_function(plan)
+    if plan.plain_buffers:
+        zeros = "jnp.zeros_like"
+    elif plan.kept:
+        zeros = "lambda p, name=name: _first(name, p, hyper)"
+    else:
+        zeros = "lambda p, name=name: _zeros(SHAPES[name], p)"
+    helpers = helpers_for(update + kept + step + zeros, HELPERS)
     params = params_literal(plan)
     doc = _docstring(plan, name, source.baseline.doc if source.baseline else None)
     random = plan.random
@@ -237,7 +405,9 @@ def optax_source(rule: Rule | str, name: str | None = None, lr: float | None = N
         imports="import math\n" if "math." in helpers + update + params else "",
         rule=str(source.rule), params=params, buffers=tuple_literal(plan.buffers),
         sites=tuple_literal(plan.sites), lr=float_literal(source.lr), helpers=helpers,
-        update=update, name=name, state=state, doc=docstring_literal(doc, "    "),
+        update=update, kept=kept, step=step, zeros=zeros, shapes=_shapes_literal(plan),
+        matrix=MATRIX_CHECK.format(op=plan.matrix) if plan.matrix else "",
+        name=name, state=state, doc=docstring_literal(doc, "    "),
         sample=SAMPLE if random else "",
         key_doc=" and the PRNG key of the draws" if random else "",
         key_field="    key: jax.Array\n" if random else "",
@@ -259,6 +429,64 @@ def optax_source(rule: Rule | str, name: str | None = None, lr: float | None = N
     return "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n") + "\n"
 
 
+def _shapes_literal(plan: Plan) -> str:
+    """The SHAPES table, where a buffer is not a plain array like the leaf."""
+    if plan.plain_buffers and not plan.viewed:
+        return ""
+    rows = ", ".join(f"{quote(n)}: {quote(plan.buffer_shape(n))}" for n in plan.buffers)
+    return ("# each buffer's shape: the leaf's (full), one number per leaf (one, a 0-d array), "
+            "its\n# 2-D view's with the last (row) or second-to-last (col) axis 1, or a number "
+            f"(number)\nSHAPES = {{{rows}}}\n")
+
+
+def _step_function(plan: Plan) -> str:
+    """``_step``: one leaf's step around ``_update``."""
+    facts = ", facts" if plan.facts else ""
+    lines = []
+    if plan.facts or plan.kept:
+        lines.append("facts = _facts(g)")
+    if plan.kept:
+        lines.append("kept = _kept(group, facts)")
+    if plan.reads_lr:
+        lines.append('group = {**group, "lr": lr}')
+    plain = plan.plain_buffers and not plan.viewed
+    if not plain:
+        lines.append("dtype, shape = g.dtype, g.shape")
+    if plan.viewed:
+        kept = "name in kept and " if plan.kept else ""
+        lines += ["g, w = _matrix(g), None if w is None else _matrix(w)",
+                  f'state = {{name: _matrix(value) if {kept}SHAPES[name] == "full" else value',
+                  "         for name, value in state.items()}"]
+        if plan.random:
+            lines.append("drawn = [_matrix(x) for x in drawn]")
+    lines.append(f"update, buffers = _update(w, g, state, group, t, T, drawn{facts})")
+    if plain:
+        lines += ["step = jnp.broadcast_to(-lr * update, g.shape).astype(g.dtype)",
+                  "return step, {name: buffers[name].astype(g.dtype) for name in BUFFERS}"]
+    else:
+        lines += ["step = jnp.broadcast_to(-lr * update, g.shape).reshape(shape).astype(dtype)",
+                  "new = {}",
+                  "for name in BUFFERS:",
+                  "    value = buffers[name]"]
+        if plan.kept:
+            lines += ["    if name not in kept:",
+                      "        new[name] = value  # the 0-d zero it has kept from the start",
+                      '    elif SHAPES[name] == "number":']
+        else:
+            lines.append('    if SHAPES[name] == "number":')
+        lines += ["        new[name] = jnp.asarray(value, jnp.promote_types(dtype, jnp.float32))",
+                  '    elif SHAPES[name] == "full":',
+                  "        new[name] = value.reshape(shape).astype(dtype)",
+                  "    else:",
+                  "        new[name] = value.astype(dtype)",
+                  "return step, new"]
+    body = "\n".join("    " + line for line in lines)
+    return ("def _step(w, g, state, group, lr, t, T, drawn):\n"
+            '    """One leaf\'s step: -lr * update and the buffers\' new values, in the leaf\'s '
+            'dtype."""\n'
+            f"{body}\n")
+
+
 def _module_doc(plan: Plan, name: str) -> str:
     return (f"{name}: a nos rule as a standalone optax transformation.\n\nWritten by "
             f"``nos export``; it imports jax and optax only.  The rule::\n\n"
@@ -273,6 +501,17 @@ def _docstring(plan: Plan, name: str, doc: str | None) -> str:
              "to add with ``optax.apply_updates``."]
     if plan.reads_w:
         notes.append("The rule reads w: pass ``params`` to ``update``.")
+    if plan.viewed:
+        notes.append("The rule reads rows or columns: each leaf is stepped as its 2-D view (a "
+                     "vector of n is a column (n, 1), a number (1, 1)); a buffer of rows or "
+                     "columns keeps the view's shape.")
+    if plan.matrix:
+        notes.append(f"{plan.matrix} needs 2-D parameters (``init`` refuses others); its "
+                     "matrix products are XLA's, which round otherwise than torch's (visibly "
+                     "so in bfloat16).")
+    if plan.kept:
+        notes.append("A where on params (and the leaf's facts) alone takes one branch: the "
+                     "other is not computed, and a buffer only it needs is a 0-d zero.")
     if plan.needs_total_steps:
         notes.append("``total_steps`` is the rule's T (it reads T, ld, cd or rd).")
     if plan.random:

@@ -4,43 +4,61 @@ steps one tensor, written from it.
 A :class:`Plan` (:func:`make_plan`) holds the statements of the expanded rule that the
 update needs (the prelude definitions it uses written out; dead statements dropped, as
 nos.Optimizer drops them, so the same buffers exist), the kind of each name (*scalar*:
-numbers, params, t, T and the schedules, computed on Python floats once per tensor and
-step; *tensor*: element-wise), the random draws in the order nos.Optimizer makes them
-(statement by statement, operands before the operation), and a Python identifier for
-each of the rule's names.  :func:`update_function` writes
-``_update(w, g, state, group, t, T, drawn)``, the rule for one tensor, in a backend's
-:class:`Spelling`: the torch and optax exports differ in that table, their helpers and
-the code around the function, never in how a rule is read.
+numbers, params, t, T, lr, the schedules and the tensor's facts, computed on Python floats
+once per tensor and step; *tensor*), the shape of each tensor (nos.compile.program's:
+the parameter's own, or reduced to one number or over a row or column), the buffers that
+are numbers (a state that depends on no tensor), the random draws in the order
+nos.Optimizer makes them (statement by statement, operands before the operation), and a
+Python identifier for each of the rule's names.
+
+*Switches.*  A ``where`` whose condition reads only params and the tensor's facts
+(``where(amsgrad, a, b)``, ``where(ndim >= 2, a, b)``) is decided before the step, as
+nos.Optimizer compiles a group's program for it: it is written as Python's ``a if c else
+b``, so the branch not taken is not computed, and a statement only that branch needs (a
+buffer such as amsgrad's running maximum) runs, and its buffer is kept, only under the
+conditions where it is needed (its *guard*, a few ``and``/``or`` of the conditions, which
+are folded into the statement's own code).
+
+:func:`update_function` writes ``_update(w, g, state, group, t, T, drawn)`` (and
+``facts`` when the rule reads ``ndim``, ``rows``, ...), the rule for one tensor, in a
+backend's :class:`Spelling`: the torch and optax exports differ in that table, their
+helpers and the code around the function, never in how a rule is read.
 """
 
 from __future__ import annotations
 
 import builtins
+import itertools
 import json
 import keyword
 import math
 import re
 import textwrap
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from nos.lang.ops import OPS
+from nos.compile.program import COL, FULL, ONE, REDUCED, ROW, broadcast
+from nos.lang.ops import COMPARISONS, OPS
 from nos.lang.printer import bounds_text, format_number
 from nos.lang.rule import Rule
-from nos.lang.tree import Node, Statement, live_statements
+from nos.lang.tree import TENSOR_FACTS, Node, Statement, live_statements
 from nos.optim.baselines import BASELINES, Baseline
 from nos.optim.optimizer import DEFAULT_LR, resolve
 
 SCALAR, TENSOR = "scalar", "tensor"
 NORMAL, UNIFORM = "normal", "uniform"  # the draws: N(0, 1) samples, U[0, 1) samples
 TENSOR_PRIMITIVES = frozenset({"g", "w", "noise", "annealed_noise"})
-SCALAR_PRIMITIVES = frozenset({"t", "T", "ld"})
+SCALAR_PRIMITIVES = frozenset({"t", "T", "ld", "lr"}) | TENSOR_FACTS
 # What the generated _update reads or calls besides the rule's names.
-RESERVED = frozenset({"w", "g", "state", "group", "t", "T", "drawn", "update", "torch",
-                      "math", "jnp", "jax", "abs", "float"})
+RESERVED = frozenset({"w", "g", "state", "group", "t", "T", "drawn", "facts", "update",
+                      "torch", "math", "jnp", "jax", "abs", "float", "not", "and", "or"})
+NUMBER = "number"  # the shape of a buffer that is a number
+SHAPE_NAMES = {FULL: "full", ROW: "row", COL: "col", ROW | COL: "row col", ONE: "one"}
+MAX_CONDITIONS = 8  # distinct switch conditions a rule may have (guards over 2^8 cases)
 
 # Python precedence of what the writer emits (the same as the language's for these).
 _INFIX = {"add": (" + ", 1), "sub": (" - ", 1), "mul": (" * ", 2), "div": (" / ", 2)}
+_SYMBOLS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
 _PRODUCT, _NEG, _ATOM = 2, 3, 5
 BUILTINS = frozenset(dir(builtins))
 
@@ -70,6 +88,10 @@ def read_source(rule: Rule | str, lr: float | None = None) -> Source:
     return Source(parsed, float(lr), baseline)
 
 
+Cube = tuple[tuple[int, bool], ...]  # condition index -> the value it must have
+Guard = tuple[Cube, ...] | None  # None: always; (): never; else any of the cubes
+
+
 @dataclass(frozen=True)
 class Plan:
     """A rule read for code generation (see the module docstring)."""
@@ -82,6 +104,15 @@ class Plan:
     sites: tuple[str, ...]  # NORMAL or UNIFORM per draw of a step, in nos's order
     needs_total_steps: bool
     reads_w: bool
+    shapes: dict[str, frozenset[str]] = field(default_factory=dict)  # tensor lets, buffers
+    numbers: frozenset[str] = frozenset()  # the buffers that are numbers
+    conditions: tuple[Node, ...] = ()  # the switch conditions, in order of appearance
+    guards: tuple[Guard, ...] = ()  # per statement of ``live``
+    code: tuple[Node | None, ...] = ()  # per statement: its expression as written
+    facts: tuple[str, ...] = ()  # the tensor facts the rule reads
+    reads_lr: bool = False
+    viewed: bool = False  # reads rows or columns: tensors are stepped as 2-D views
+    matrix: str | None = None  # a matrix function the rule calls: 2-D parameters only
 
     @property
     def buffers(self) -> tuple[str, ...]:
@@ -90,6 +121,21 @@ class Plan:
     @property
     def random(self) -> bool:
         return bool(self.sites)
+
+    def buffer_shape(self, name: str) -> str:
+        """``number``, or the name of a tensor buffer's shape (``full``, ``row``, ...)."""
+        return NUMBER if name in self.numbers else SHAPE_NAMES[self.shapes[name]]
+
+    @property
+    def plain_buffers(self) -> bool:
+        """Every buffer a tensor of the parameter's shape, kept in every case."""
+        return all(self.buffer_shape(n) == "full" for n in self.buffers) and not self.kept
+
+    @property
+    def kept(self) -> dict[str, Guard]:
+        """The buffers kept only under some conditions, with their guards."""
+        return {s.name: guard for s, guard in zip(self.live, self.guards, strict=True)
+                if s.kind == "state" and guard is not None}
 
 
 def _kind(node: Node, kinds: dict[str, str]) -> str:
@@ -108,11 +154,30 @@ def _kind(node: Node, kinds: dict[str, str]) -> str:
         if args[i] == TENSOR:
             raise ExportError(f"argument {i + 1} of {op.signature} must not depend on tensors "
                               f"(line {node.line})")
-    if op.random:
+    if op.random or not op.elementwise:
         return TENSOR
     if op.schedule:
         return SCALAR
     return TENSOR if TENSOR in args else SCALAR
+
+
+def _shape(node: Node, kinds: dict[str, str], shapes: dict[str, frozenset[str]]
+           ) -> frozenset[str]:
+    """The shape of a tensor-kind expression, as nos's compiler gives it (the broadcast of
+    the operands', a reduction's axes added; a number a reduction reads is a full tensor)."""
+    if node.op == "name":
+        word = str(node.value)
+        return FULL if word in TENSOR_PRIMITIVES else shapes[word]
+    op = OPS[node.op]
+    if op.random:
+        return FULL  # x times a mask of the parameter's shape
+    args = [_shape(a, kinds, shapes) if _kind(a, kinds) == TENSOR else None for a in node.args]
+    first = args[0] if args[0] is not None else FULL
+    if op.reduce:
+        return REDUCED[op.reduce] | first
+    if op.matrix:
+        return first
+    return broadcast(*(s for s in args if s is not None))
 
 
 def _sites(node: Node, out: list[str]) -> None:
@@ -143,32 +208,169 @@ def python_identifiers(names: Iterable[str], reserved: frozenset[str] = RESERVED
     return result
 
 
+def _types(live: tuple[Statement, ...]):
+    """Kinds, shapes and the number buffers, as nos's compiler finds them: a buffer is a
+    number until its value needs a tensor; a tensor buffer widens until its shape holds
+    its value (a fixed point: shapes only grow)."""
+    numbers = {s.name for s in live if s.kind == "state"}
+    buffer_shapes: dict[str, frozenset[str]] = {}
+    while True:
+        kinds: dict[str, str] = {}
+        shapes: dict[str, frozenset[str]] = {}
+        for s in live:
+            if s.kind == "param":
+                kinds[s.name] = SCALAR
+            elif s.kind == "state":
+                kinds[s.name] = SCALAR if s.name in numbers else TENSOR
+                if s.name not in numbers:
+                    shapes[s.name] = buffer_shapes[s.name]
+        changed = False
+        for s in live:
+            if s.expr is None:
+                continue
+            kind = _kind(s.expr, kinds)
+            if s.kind == "let":
+                kinds[s.name] = kind
+                if kind == TENSOR:
+                    shapes[s.name] = _shape(s.expr, kinds, shapes)
+            elif s.kind == "state" and kind == TENSOR:
+                value = _shape(s.expr, kinds, shapes)
+                if s.name in numbers:
+                    numbers.discard(s.name)
+                    buffer_shapes[s.name] = value
+                    changed = True
+                elif broadcast(buffer_shapes[s.name], value) != buffer_shapes[s.name]:
+                    buffer_shapes[s.name] = broadcast(buffer_shapes[s.name], value)
+                    changed = True
+        if not changed:
+            return kinds, shapes, frozenset(numbers)
+
+
+def _static(node: Node, known: frozenset[str]) -> bool:
+    """Whether nos.Optimizer knows the expression's value before the step (it reads only
+    numbers, params and the tensor's facts, through element-wise operations)."""
+    for n in node.walk():
+        if n.op == "name" and n.value not in known:
+            return False
+        if n.op in OPS:
+            op = OPS[n.op]
+            if op.scalar is None or op.schedule or op.random or not op.elementwise:
+                return False
+    return True
+
+
+def _fold(node: Node, values: dict[Node, bool]) -> Node:
+    """The expression with every ``where`` whose condition has a value replaced by its
+    branch."""
+    if not node.args:
+        return node
+    if node.op == "where" and node.args[0] in values:
+        return _fold(node.args[1] if values[node.args[0]] else node.args[2], values)
+    args = tuple(_fold(a, values) for a in node.args)
+    return node if args == node.args else replace(node, args=args)
+
+
+def _covers(cube: tuple, case: tuple[bool, ...]) -> bool:
+    return all(v is None or v == c for v, c in zip(cube, case, strict=True))
+
+
+def _cover(cases: set[tuple[bool, ...]], k: int) -> tuple[Cube, ...]:
+    """A few cubes (conjunctions of conditions) whose union is exactly ``cases``: the prime
+    implicants (Quine-McCluskey), chosen greedily."""
+    cubes: set[tuple] = set(cases)
+    primes: set[tuple] = set()
+    while cubes:
+        merged, used = set(), set()
+        ordered = sorted(cubes, key=repr)
+        for i, a in enumerate(ordered):
+            for b in ordered[i + 1:]:
+                diff = [j for j in range(k) if a[j] != b[j]]
+                if len(diff) == 1 and a[diff[0]] is not None and b[diff[0]] is not None:
+                    merged.add(a[:diff[0]] + (None,) + a[diff[0] + 1:])
+                    used |= {a, b}
+        primes |= cubes - used
+        cubes = merged
+    uncovered, chosen = set(cases), []
+    while uncovered:
+        best = max(sorted(primes, key=repr),
+                   key=lambda c: sum(_covers(c, m) for m in uncovered))
+        chosen.append(best)
+        uncovered = {m for m in uncovered if not _covers(best, m)}
+    return tuple(tuple((i, v) for i, v in enumerate(cube) if v is not None)
+                 for cube in chosen)
+
+
+def _switches(live: tuple[Statement, ...], known: frozenset[str], sites: list[str]):
+    """The switch conditions, each statement's guard and its code (module docstring)."""
+    conditions: list[Node] = []
+    for s in live:
+        for node in s.expr.walk() if s.expr is not None else ():
+            if node.op == "where" and _static(node.args[0], known) \
+                    and node.args[0] not in conditions:
+                conditions.append(node.args[0])
+    if len(conditions) > MAX_CONDITIONS:
+        raise ExportError(f"the rule has {len(conditions)} conditions of where on params "
+                          f"alone; nos export takes at most {MAX_CONDITIONS}")
+    k = len(conditions)
+    cases = list(itertools.product((True, False), repeat=k))
+    live_in: dict[int, set] = {i: set() for i in range(len(live))}
+    for case in cases:
+        values = dict(zip(conditions, case, strict=True))
+        folded = tuple(s if s.expr is None else replace(s, expr=_fold(s.expr, values))
+                       for s in live)
+        needed = live_statements(folded)
+        drawn: list[str] = []
+        for s in needed:
+            if s.expr is not None:
+                _sites(s.expr, drawn)
+        if drawn != sites:
+            raise ExportError("a random draw (noise, annealed_noise, drop) in a branch of a "
+                              "where on params alone is not exported: nos.Optimizer draws it "
+                              "only where the branch is taken")
+        for i, s in enumerate(folded):
+            if s in needed:
+                live_in[i].add(case)
+    guards: list[Guard] = []
+    code: list[Node | None] = []
+    for i, s in enumerate(live):
+        where = live_in[i]
+        if s.kind == "param" or len(where) == len(cases):
+            guard: Guard = None
+        else:
+            guard = _cover(where, k) if where else ()
+        fixed = {conditions[j]: next(iter(where))[j] for j in range(k)
+                 if len({case[j] for case in where}) == 1} if where else {}
+        guards.append(guard)
+        code.append(None if s.expr is None else _fold(s.expr, fixed) if guard else s.expr)
+    return tuple(conditions), tuple(guards), tuple(code)
+
+
 def make_plan(rule: Rule) -> Plan:
     """Read a rule for export; ExportError where nos.Optimizer could not compile it."""
     expanded = rule.expanded()
     live = live_statements(expanded.statements)
-    kinds: dict[str, str] = {}
+    kinds, shapes, numbers = _types(live)
     sites: list[str] = []
     for s in live:
-        if s.kind == "param":
-            kinds[s.name] = SCALAR
-        elif s.kind == "state":
-            kinds[s.name] = TENSOR
-    for s in live:
-        if s.expr is None:
-            continue
-        kind = _kind(s.expr, kinds)
-        if s.kind == "let":
-            kinds[s.name] = kind
-        _sites(s.expr, sites)
+        if s.expr is not None:
+            _sites(s.expr, sites)
     declared = tuple(s for s in expanded.statements if s.kind == "param")
+    known = frozenset(s.name for s in declared) | TENSOR_FACTS
+    conditions, guards, code = _switches(live, known, sites)
     defined = [s.name for s in expanded.statements if s.kind != "update"]
     read = set().union(*(s.expr.names() for s in live if s.expr is not None))
     called = set().union(*(s.expr.calls() for s in live if s.expr is not None))
+    matrix = [n for s in expanded.statements if s.expr is not None for n in s.expr.walk()
+              if n.op in OPS and OPS[n.op].matrix]
     return Plan(rule=rule, declared=declared, live=live, kinds=kinds,
                 identifiers=python_identifiers(defined), sites=tuple(sites),
                 needs_total_steps=bool({"T", "ld"} & read or {"cd", "rd"} & called),
-                reads_w="w" in read)
+                reads_w="w" in read, shapes=shapes, numbers=numbers, conditions=conditions,
+                guards=guards, code=code, facts=tuple(sorted(TENSOR_FACTS & read)),
+                reads_lr="lr" in read,
+                viewed=any(OPS[op].reduce in ("row", "col") or OPS[op].matrix
+                           for op in called if op in OPS),
+                matrix=matrix[0].op if matrix else None)
 
 
 # --- literals -----------------------------------------------------------------------------
@@ -251,29 +453,72 @@ class Spelling:
     """A backend's code for each operation: ``op -> (tensor form, scalar form)``, each a
     template over ``{0}``, ``{1}`` (and ``{k}``, a draw's index); None is the infix
     operator.  ``tensorize`` broadcasts a scalar like the tensor; ``clone`` gives a
-    buffer that takes a tensor as it is its own copy; ``helpers`` are the module-level
-    functions the templates call, by name."""
+    buffer that takes a tensor as it is its own copy; ``fill`` a buffer's new value
+    (``{0}``) that may be a number or of a smaller shape, in the old buffer's (``{1}``)
+    shape; ``helpers`` are the module-level functions the templates call, by name.
+
+    A ``where`` on params alone (a switch) may leave a number where the rule's kinds say
+    tensor: ``numbers`` spells the operations whose tensor operands may all be numbers,
+    ``tensor_of`` makes a tensor of such a value for a reduction (None: refused).
+    ``known`` evaluates such a condition before the step when it is more than Python's
+    arithmetic and comparisons on floats (None: as it is); ``scalar_where`` is a ``where``
+    of numbers over the condition's text, ``tensor_where`` one of tensors (None: the
+    ``where`` of ``calls`` over the condition's value).  ``static_args`` names arguments
+    that must be known before the step (``known``), reading params and facts alone."""
 
     calls: dict[str, tuple[str | None, str | None]]
+    name: str  # the backend's, for messages
     tensorize: str
     clone: str
     helpers: dict[str, str]
+    fill: str = "_fill({0}, {1})"
+    numbers: dict[str, str] = field(default_factory=dict)
+    tensor_of: str | None = None
+    known: str | None = None
+    scalar_where: str = "({1} if {0} else {2})"
+    tensor_where: str | None = None
+    read_lr: str = 'float(group["lr"])'
+    static_args: dict[str, tuple[int, ...]] = field(default_factory=dict)  # known when traced
     noise: str = "drawn[{k}] * 0.1"  # N(0, 0.01)
     annealed_noise: str = "drawn[{k}] * (1.0 + t) ** -0.275"  # N(0, (1 + t)^-0.55)
     linear_decay: str = "_ld(t, T)"
+
+
+@dataclass(frozen=True)
+class _Value:
+    """An expression's text, its precedence and what it holds when the step runs."""
+
+    text: str
+    prec: int
+    kind: str
+    shape: frozenset[str] = ONE  # a tensor's shape
+    number: bool = False  # a tensor-kind value that a switch may leave a number
+    exact: bool = True  # surely a tensor of ``shape`` (not smaller, not a number)
+
+    def plain(self, shape: frozenset[str]) -> bool:
+        """Surely a tensor of the given shape."""
+        return self.kind == TENSOR and self.exact and not self.number and self.shape == shape
+
+
+_SIMPLE = frozenset({"num", "name", "add", "sub", "mul", "neg"}) | COMPARISONS
 
 
 class _Writer:
     def __init__(self, plan: Plan, spelling: Spelling) -> None:
         self.plan = plan
         self.spelling = spelling
+        self.switches = frozenset(plan.conditions)
         self.draws = 0
+        self.lets: dict[str, _Value] = {}  # the lets written so far, as written
 
     def kind(self, node: Node) -> str:
         return _kind(node, self.plan.kinds)
 
+    def shape(self, node: Node) -> frozenset[str]:
+        return _shape(node, self.plan.kinds, self.plan.shapes)
+
     def name(self, word: str) -> tuple[str, int]:
-        if word in ("g", "w", "t", "T"):
+        if word in ("g", "w", "t", "T", "lr") or word in TENSOR_FACTS:
             return word, _ATOM
         if word == "ld":
             return self.spelling.linear_decay, _ATOM
@@ -283,70 +528,240 @@ class _Writer:
             return template.format(k=self.draws - 1), _PRODUCT
         return self.plan.identifiers[word], _ATOM
 
-    def expr(self, node: Node) -> tuple[str, int]:
+    def name_value(self, word: str, own: bool) -> _Value:
+        text, prec = self.name(word)
+        if word in SCALAR_PRIMITIVES or (word not in TENSOR_PRIMITIVES
+                                         and self.plan.kinds[word] == SCALAR):
+            return _Value(text, prec, SCALAR)
+        shape = FULL if word in TENSOR_PRIMITIVES else self.plan.shapes[word]
+        number, exact = False, True
+        if word in self.lets:
+            written = self.lets[word]
+            number = written.kind == SCALAR or written.number
+            exact = written.plain(shape)
+        if own and not number and word not in ("noise", "annealed_noise"):
+            text, prec = self.spelling.clone.format(text), _ATOM
+        return _Value(text, prec, TENSOR, shape, number, exact)
+
+    def condition(self, node: Node, host: bool, value: bool = True) -> str:
+        """A condition's text (true where the value is nonzero, nan included) or, with
+        ``value`` False, its negation's; ``host``: it reads params alone."""
+        if node.op in COMPARISONS:
+            a, b = (self.expr(x) for x in node.args)
+            text = f"{_wrap(a, 1)} {_SYMBOLS[node.op]} {_wrap(b, 1)}"
+            negated = f"not ({text})"
+        else:
+            v = self.expr(node)
+            text, negated = f"{_wrap(v, 1)} != 0", f"{_wrap(v, 1)} == 0"
+        if host and self.spelling.known and any(n.op not in _SIMPLE for n in node.walk()):
+            text = self.spelling.known.format(text)
+            negated = f"not {text}"
+        return text if value else negated
+
+    def guard(self, cubes: tuple[Cube, ...]) -> str:
+        """A guard's text: the conditions of one cube joined by ``and``, the cubes by ``or``."""
+        if not cubes:
+            return "False"
+        parts = []
+        for cube in cubes:
+            literals = [self.condition(self.plan.conditions[i], True, v) for i, v in cube]
+            text = " and ".join(literals)
+            parts.append(f"({text})" if len(cubes) > 1 and len(literals) > 1 else text)
+        return " or ".join(parts)
+
+    def switch(self, node: Node, own: bool) -> _Value:
+        """A where on params alone: Python's ``a if c else b``, the branch as it is."""
+        condition = self.condition(node.args[0], host=True)
+        a, b = self.expr(node.args[1], own), self.expr(node.args[2], own)
+        text = f"({a.text} if {condition} else {b.text})"
+        if self.kind(node) == SCALAR:
+            return _Value(text, _ATOM, SCALAR)
+        shape = self.shape(node)
+        return _Value(text, _ATOM, TENSOR, shape,
+                      number=any(v.kind == SCALAR or v.number for v in (a, b)),
+                      exact=a.plain(shape) and b.plain(shape))
+
+    def expr(self, node: Node, own: bool = False) -> _Value:
+        """An expression's text; ``own``: a buffer's new value, which must not be a tensor
+        that something else keeps (g, w, another buffer's, a let's): those are copied."""
         if node.op == "num":
-            return float_literal(node.value), _ATOM  # type: ignore[arg-type]
+            return _Value(float_literal(node.value), _ATOM, SCALAR)  # type: ignore[arg-type]
         if node.op == "name":
-            return self.name(str(node.value))
+            return self.name_value(str(node.value), own)
+        if node.op == "where" and node.args[0] in self.switches:
+            return self.switch(node, own)
+        kind = self.kind(node)
+        op = OPS[node.op]
+        if node.op == "where" and (kind == SCALAR or self.spelling.tensor_where):
+            condition = self.condition(node.args[0], host=False)
+            a, b = self.expr(node.args[1]), self.expr(node.args[2])
+            template = self.spelling.scalar_where if kind == SCALAR else \
+                self.spelling.tensor_where
+            text = template.format(condition, a.text, b.text)  # type: ignore[union-attr]
+            if kind == SCALAR:
+                return _Value(text, _ATOM, SCALAR)
+            return _Value(text, _ATOM, TENSOR, *self.flags(node, [a, b]))
         args = [self.expr(a) for a in node.args]  # operands first: the order of the draws
+        if kind == TENSOR and not op.elementwise:
+            return self.reduction(node, args)
+        if kind == TENSOR:
+            shape, number, exact = self.flags(node, args)
+        else:
+            shape, number, exact = ONE, False, True
         if node.op == "neg":
-            return "-" + _wrap(args[0], _NEG), _NEG
+            return _Value("-" + _wrap(args[0], _NEG), _NEG, kind, shape, number, exact)
         tensor_form, scalar_form = self.spelling.calls.get(node.op, ("", ""))
-        template = tensor_form if self.kind(node) == TENSOR else scalar_form
+        template = tensor_form if kind == TENSOR else scalar_form
+        if number and node.op in self.spelling.numbers:
+            template = self.spelling.numbers[node.op]
         if template is None:
             symbol, prec = _INFIX[node.op]
-            return f"{_wrap(args[0], prec)}{symbol}{_wrap(args[1], prec + 1)}", prec
+            text = f"{_wrap(args[0], prec)}{symbol}{_wrap(args[1], prec + 1)}"
+            return _Value(text, prec, kind, shape, number, exact)
         if not template:
-            raise ExportError(f"nos export has no {node.op!r} for {self.kind(node)}s")
+            raise ExportError(f"nos export has no {node.op!r} for {kind}s")
         k = self.draws
-        if OPS[node.op].random:
+        if op.random:
             self.draws += 1
-        return template.format(*(text for text, _ in args), k=k), _ATOM
+            shape, number, exact = FULL, False, True
+        text = template.format(*(a.text for a in args), k=k)
+        return _Value(text, _ATOM, kind, shape, number, exact)
 
-    def value(self, node: Node, tensor: bool = False, own: bool = False) -> str:
-        """An expression's text; broadcast like the tensor when it must be one, and a copy
-        when a buffer would otherwise keep a tensor it does not own (g, w, another
-        buffer's, a let's)."""
-        text, _ = self.expr(node)
-        if tensor and self.kind(node) == SCALAR:
-            return self.spelling.tensorize.format(text)
-        if own and node.op == "name" and node.value not in ("noise", "annealed_noise"):
-            return self.spelling.clone.format(text)
-        return text
+    def flags(self, node: Node, args: list[_Value]) -> tuple[frozenset[str], bool, bool]:
+        """An element-wise tensor result's shape, whether a switch may leave it a number
+        (all its tensor operands may be), and whether it is surely of its shape."""
+        shape = self.shape(node)
+        tensors = [a for a in args if a.kind == TENSOR]
+        if not tensors:  # a where of numbers on a tensor condition
+            return shape, False, True
+        return shape, all(a.number for a in tensors), any(a.plain(shape) for a in tensors)
+
+    def reduction(self, node: Node, args: list[_Value]) -> _Value:
+        """A reduction or matrix function: its operand a tensor (a number broadcast like the
+        parameter, as nos.Optimizer broadcasts it)."""
+        first = args[0]
+        if first.kind == SCALAR:
+            operand = self.spelling.tensorize.format(first.text)
+        elif first.number:
+            if self.spelling.tensor_of is None:
+                raise ExportError(f"{node.op} (line {node.line}) of a where on params alone "
+                                  f"with a number and a tensor branch is not exported to "
+                                  f"{self.spelling.name}: traced, the number and a 0-d array "
+                                  f"look alike")
+            operand = self.spelling.tensor_of.format(first.text)
+        else:
+            operand = first.text
+        template = self.spelling.calls.get(node.op, ("", ""))[0]
+        if not template:
+            raise ExportError(f"nos export has no {node.op!r} for {self.spelling.name}")
+        rest = [a.text for a in args[1:]]
+        known = frozenset(s.name for s in self.plan.declared) | TENSOR_FACTS
+        for i in self.spelling.static_args.get(node.op, ()):
+            if not _static(node.args[i], known):
+                raise ExportError(f"argument {i + 1} of {OPS[node.op].signature} (line "
+                                  f"{node.line}) must read params alone to be exported to "
+                                  f"{self.spelling.name}: the step is traced with it known")
+            if self.spelling.known and any(n.op not in _SIMPLE for n in node.args[i].walk()):
+                rest[i - 1] = self.spelling.known.format(rest[i - 1])
+        text = template.format(operand, *rest)
+        exact = OPS[node.op].reduce == "all" or first.kind == SCALAR or \
+            (first.exact and not first.number)
+        return _Value(text, _ATOM, TENSOR, self.shape(node), False, exact)
+
+    def statement(self, s: Statement, node: Node) -> str:
+        """The text assigned by a let, state or update statement."""
+        if s.kind == "let":
+            value = self.expr(node)
+            self.lets[s.name] = value
+            return value.text
+        if s.kind == "update":
+            value = self.expr(node)
+            return self.spelling.tensorize.format(value.text) if value.kind == SCALAR \
+                else value.text
+        if s.name in self.plan.numbers:
+            return self.expr(node).text
+        start = self.draws
+        value = self.expr(node)
+        if value.plain(self.plan.shapes[s.name]):
+            self.draws = start  # written again, copying what another keeps
+            return self.expr(node, own=True).text
+        return self.spelling.fill.format(value.text, f"state[{quote(s.name)}]")
 
 
-def _wrap(arg: tuple[str, int], min_prec: int) -> str:
-    text, prec = arg
-    return f"({text})" if prec < min_prec else text
+def _wrap(arg: _Value, min_prec: int) -> str:
+    return f"({arg.text})" if arg.prec < min_prec else arg.text
 
 
 def update_function(plan: Plan, spelling: Spelling) -> str:
     """``_update(w, g, state, group, t, T, drawn) -> (update, new buffers)``: the rule for
     one tensor.  ``state`` holds the old buffers, ``group`` the params, ``drawn`` this
-    tensor's samples, one per site."""
+    tensor's samples, one per site (and ``facts`` the tensor's facts, for a rule that
+    reads them).  A buffer not kept under the group's switches is None."""
     writer = _Writer(plan, spelling)
     ident = plan.identifiers
     lines = []
     for s in plan.live:
         if s.kind == "param":
             lines.append(f"{ident[s.name]} = float(group[{quote(s.name)}])")
-    lines += [f"{ident[name]} = state[{quote(name)}]" for name in plan.buffers]
-    for s in plan.live:
-        if s.kind == "let":
-            lines += filled(ident[s.name], writer.value(s.expr))  # type: ignore[arg-type]
-        elif s.kind == "state":
-            value = writer.value(s.expr, tensor=True, own=True)  # type: ignore[arg-type]
-            lines += filled(ident[s.name], value)
-        elif s.kind == "update":
-            lines += filled("update", writer.value(s.expr, tensor=True))  # type: ignore[arg-type]
+    if plan.reads_lr:
+        lines.append(f"lr = {spelling.read_lr}")
+    lines += [f"{fact} = facts[{quote(fact)}]" for fact in plan.facts]
+    kept = plan.kept
+    lines += [f"{ident[name]} = state.get({quote(name)})" if name in kept
+              else f"{ident[name]} = state[{quote(name)}]" for name in plan.buffers]
+    open_guard: str | None = None
+    for s, guard, node in zip(plan.live, plan.guards, plan.code, strict=True):
+        if s.kind == "param":
+            continue
+        if guard == ():
+            continue  # needed under no condition: never runs
+        target = "update" if s.kind == "update" else ident[s.name]
+        text = writer.statement(s, node)  # type: ignore[arg-type]
+        if guard is None:
+            open_guard = None
+            lines += filled(target, text)
+            continue
+        condition = writer.guard(guard)
+        if condition != open_guard:
+            lines.append(f"if {condition}:")
+            open_guard = condition
+        lines += ["    " + line for line in filled(target, text, width=92)]
     assert writer.draws == len(plan.sites), "every draw is written once"
     buffers = ", ".join(f"{quote(name)}: {ident[name]}" for name in plan.buffers)
     lines.append(f"return update, {{{buffers}}}")
     body = "\n".join("    " + line for line in lines)
+    facts = ", facts" if plan.facts else ""
     return (
-        "def _update(w, g, state, group, t, T, drawn):\n"
+        f"def _update(w, g, state, group, t, T, drawn{facts}):\n"
         '    """The rule for one tensor: its update and its buffers\' new values (``state``\n'
         "    holds the old ones, ``group`` the params, ``drawn`` this tensor's samples).\"\"\"\n"
+        f"{body}\n"
+    )
+
+
+def kept_function(plan: Plan, spelling: Spelling) -> str:
+    """``_kept(group, facts)``: the buffers the rule keeps for a group's params and a
+    tensor's facts (only where a rule has buffers that a switch turns off)."""
+    writer = _Writer(plan, spelling)
+    kept = plan.kept
+    used = set().union(*(plan.conditions[i].names() for guard in kept.values()
+                         for cube in guard or () for i, _ in cube))
+    ident = plan.identifiers
+    lines = [f"{ident[s.name]} = float(group[{quote(s.name)}])" for s in plan.declared
+             if s.name in used]
+    lines += [f"{fact} = facts[{quote(fact)}]" for fact in sorted(TENSOR_FACTS & used)]
+    entries = [f"{quote(name)}: {writer.guard(kept[name]) if name in kept else 'True'}"
+               for name in plan.buffers]
+    one_line = "kept = {" + ", ".join(entries) + "}"
+    lines += [one_line] if len(one_line) <= 96 else \
+        ["kept = {", *(f"    {entry}," for entry in entries), "}"]
+    lines.append("return tuple(name for name in BUFFERS if kept[name])")
+    body = "\n".join("    " + line for line in lines)
+    return (
+        "def _kept(group, facts):\n"
+        '    """The buffers the rule keeps for these params and this tensor: a where on params\n'
+        "    and facts alone takes one branch, and a buffer only the other needs is not kept."
+        '"""\n'
         f"{body}\n"
     )
 
@@ -363,27 +778,29 @@ def _top_level_splits(text: str, operators: tuple[str, ...]) -> list[int]:
 
 def filled(target: str, text: str, width: int = 96) -> list[str]:
     """``target = text`` on lines of at most width characters where the expression splits
-    at a sum's (else a product's) operators: parenthesised, each line after the first
-    starting with its operator."""
+    at a sum's (else, or where a term is too long, also a product's) operators:
+    parenthesised, each line after the first starting with its operator."""
     line = f"{target} = {text}"
     if len(line) <= width:
         return [line]
-    for operators in ((" + ", " - "), (" * ", " / ")):
-        splits = _top_level_splits(text, operators)
-        if splits:
-            break
-    else:
-        return [line]
-    pieces = [text[a:b].strip() for a, b in zip([0, *splits], [*splits, len(text)])]
     head = f"{target} = ("
-    lines, current = [], head + pieces[0]
-    for piece in pieces[1:]:
-        if len(current) + 1 + len(piece) > width:
-            lines.append(current)
-            current = " " * len(head) + piece
-        else:
-            current += " " + piece
-    return [*lines, current + ")"]
+    packed: list[str] = []
+    for operators in ((" + ", " - "), (" + ", " - ", " * ", " / ")):
+        splits = sorted(_top_level_splits(text, operators))
+        if not splits:
+            continue
+        pieces = [text[a:b].strip() for a, b in zip([0, *splits], [*splits, len(text)])]
+        lines, current = [], head + pieces[0]
+        for piece in pieces[1:]:
+            if len(current) + 1 + len(piece) > width:
+                lines.append(current)
+                current = " " * len(head) + piece
+            else:
+                current += " " + piece
+        packed = [*lines, current + ")"]
+        if all(len(line) <= width for line in packed):
+            break
+    return packed or [line]
 
 
 def helpers_for(source: str, helpers: dict[str, str]) -> str:

@@ -1,20 +1,33 @@
 """A rule becomes the source of a standalone ``torch.optim.Optimizer`` subclass.
 
 The module written imports only torch (and math): the rule's params are the
-constructor's keywords, checked against their declared ranges; the state lives in
-``self.state[p]`` as tensors (``step`` included), so ``state_dict()`` and
-``load_state_dict()`` work as torch's own; the rule's text and LaTeX are its docstring.
+constructor's keywords, checked against their declared ranges, with ``maximize`` (g is
+the gradient's negative, per group too); the state lives in ``self.state[p]`` (``step``
+and the tensor buffers as tensors, a buffer that depends on no tensor as a float, as
+nos.Optimizer keeps them), so ``state_dict()`` and ``load_state_dict()`` work as torch's
+own; the rule's text and LaTeX are its docstring.
 
 The maths is the language's, written per tensor (``_update``, a readable reference, one
-torch operation per operation of the rule) in the order nos.Optimizer computes it:
-scalars (numbers, params, t, T, schedules) on Python floats with IEEE results where
-Python would raise, ``sign(nan) = nan``, ``x ^ ±0.5`` as ``pow`` rather than
-``sqrt``, nan-propagating ``max``/``min``/``clip``, the floored modulo of ``rd``.  A
-random rule draws its samples as nos.Optimizer does -- the same generator (one per
+torch operation per operation of the rule, those of nos's reference executor) in the
+order nos.Optimizer computes it: scalars (numbers, params, t, T, lr, schedules, the
+tensor's facts ndim, rows, cols, numel, machine_eps) on Python floats with IEEE results
+where Python would raise, ``sign(nan) = nan``, ``x ^ ±0.5`` as ``pow`` rather than
+``sqrt``, nan-propagating ``max``/``min``/``clip``, the floored modulo of ``rd``;
+comparisons as 1 or 0 in the tensor's dtype, ``where`` as ``torch.where(c != 0, a,
+b)`` (nan is nonzero), ``lerp`` as ``torch.lerp``; ``sum``, ``mean``, ``norm``, ``rms``,
+``amax`` one number per tensor (a 0-d tensor); a rule that reads rows or columns
+(``rowmean``, ``colmean``, ``newton_schulz``) steps each tensor as its 2-D view, as
+nos.Optimizer does (a vector of n is a column), and ``newton_schulz`` takes 2-D
+parameters only.  A ``where`` on params and facts alone is decided before the step, as
+nos.Optimizer compiles a group's program for it (nos.export.plan): only its branch runs,
+and a buffer only the other branch needs is not kept (Adam's ``vmax`` without amsgrad).
+A random rule draws its samples as nos.Optimizer does -- the same generator (one per
 device, seeded by ``seed``, saved in the state dict) and the same order (by param group,
 by bucket of step/device/dtype, by site, by tensor) -- so an exported rule steps as
 nos.Optimizer with the same seed does; the roundings differ only where nos's compiler
-fuses operations (``addcdiv``, ``a * x + b * y``), about 1e-16 relatively per step.
+fuses operations (``addcdiv``, ``a * x + b * y``), about 1e-16 relatively per step in
+float64 (in float16 and bfloat16, where nos sums a step's terms once, by their
+precision's roundings).
 """
 
 from __future__ import annotations
@@ -30,9 +43,11 @@ from nos.export.plan import (
     docstring_literal,
     float_literal,
     helpers_for,
+    kept_function,
     keywords_of,
     make_plan,
     params_literal,
+    quote,
     read_source,
     tuple_literal,
     update_function,
@@ -51,6 +66,22 @@ CALLS: dict[str, tuple[str | None, str | None]] = {
     "clip": ("_clip({0}, {1})", "_clip({0}, {1})"),
     "max": ("_max({0}, {1})", "_max({0}, {1})"),
     "min": ("_min({0}, {1})", "_min({0}, {1})"),
+    "lt": ("_compare(torch.lt, torch.gt, {0}, {1})", "float({0} < {1})"),
+    "le": ("_compare(torch.le, torch.ge, {0}, {1})", "float({0} <= {1})"),
+    "gt": ("_compare(torch.gt, torch.lt, {0}, {1})", "float({0} > {1})"),
+    "ge": ("_compare(torch.ge, torch.le, {0}, {1})", "float({0} >= {1})"),
+    "eq": ("_compare(torch.eq, torch.eq, {0}, {1})", "float({0} == {1})"),
+    "ne": ("_compare(torch.ne, torch.ne, {0}, {1})", "float({0} != {1})"),
+    "where": ("_where({0}, {1}, {2})", None),  # of numbers: Python's a if c else b
+    "lerp": ("_lerp({0}, {1}, {2})", "_lerp({0}, {1}, {2})"),
+    "sum": ("torch.sum({0})", None),
+    "mean": ("torch.mean({0})", None),
+    "norm": ("torch.linalg.vector_norm({0})", None),
+    "rms": ("_rms({0})", None),
+    "amax": ("torch.amax({0})", None),
+    "rowmean": ("_rowmean({0})", None),
+    "colmean": ("_colmean({0})", None),
+    "newton_schulz": ("_newton_schulz({0}, {1}, {2}, {3}, {4}, {5}, {6})", None),
     "drop": ("_drop({0}, {1}, drawn[{k}])", None),
     "cd": (None, "_cd({0}, t, T)"),
     "rd": (None, "_rd({0}, t, T)"),
@@ -121,6 +152,138 @@ def _clip(x, c):
     """x clamped to [-c, c]: min(max(x, -c), c)."""
     return _min(_max(-c, x), c)
 ''',
+    "_compare": '''
+def _compare(fn, flipped, a, b):
+    """1 where fn(a, b) holds, else 0, in the tensors' dtype (``flipped`` is fn with its
+    operands swapped, for a number before a tensor); of two numbers, a float."""
+    if isinstance(a, torch.Tensor):
+        like = torch.promote_types(a.dtype, b.dtype) if isinstance(b, torch.Tensor) else a.dtype
+        return fn(a, b).to(like)
+    if isinstance(b, torch.Tensor):
+        return flipped(b, a).to(b.dtype)
+    return float(fn(torch.tensor(float(a), dtype=torch.float64), float(b)))
+''',
+    "_where": '''
+def _where(c, a, b):
+    """a where c is nonzero (nan included), else b: a new tensor in the dtype of a (of b
+    when a is a number); of three numbers, a or b."""
+    if not any(isinstance(x, torch.Tensor) for x in (c, a, b)):
+        return a if c != 0 else b
+    condition = c != 0 if isinstance(c, torch.Tensor) else torch.tensor(c != 0)
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        return torch.where(condition, torch.tensor(a, dtype=c.dtype),
+                           torch.tensor(b, dtype=c.dtype))
+    like = a if isinstance(a, torch.Tensor) else b
+    out = torch.where(condition, a, b)
+    return out if out.dtype == like.dtype else out.to(like.dtype)
+''',
+    "_lerp": '''
+def _lerp(a, b, weight):
+    """torch.lerp: a + weight (b - a) where |weight| < 0.5, else b - (b - a) (1 - weight)
+    (a number a or b broadcast like the other); of numbers, the same formula on floats."""
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        if not isinstance(weight, torch.Tensor):
+            return a + weight * (b - a) if abs(weight) < 0.5 else b - (b - a) * (1.0 - weight)
+        a = torch.full_like(weight, a)
+    if not isinstance(a, torch.Tensor):
+        a = torch.full_like(b, a)
+    elif not isinstance(b, torch.Tensor):
+        b = torch.full_like(a, b)
+    elif a.shape != b.shape:
+        a, b = torch.broadcast_tensors(a, b)
+    return torch.lerp(a, b, weight)
+''',
+    "_rms": '''
+def _rms(x):
+    """The root mean square of the tensor's elements, norm(x) / sqrt(numel)."""
+    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+''',
+    "_rowmean": '''
+def _rowmean(x):
+    """The mean over the last dimension, kept as 1."""
+    return x.mean(dim=-1, keepdim=True) if x.dim() >= 2 else x.clone()
+''',
+    "_colmean": '''
+def _colmean(x):
+    """The mean over the second-to-last dimension, kept as 1."""
+    return x.mean(dim=-2, keepdim=True) if x.dim() >= 2 else x.clone()
+''',
+    "_newton_schulz": '''
+def _newton_schulz(x, a, b, c, steps, eps, bits):
+    """torch.optim.Muon's orthogonalisation of the 2-D x, computed in the dtype ``bits``
+    names (16: bfloat16, 32: float32, 64: float64, 0: x's own): x / max(norm(x), eps),
+    then ``steps`` of X <- a X + (b A + c A A) X, A = X X^T (on the transpose of a tall
+    x); the result in x's dtype."""
+    if x.dim() != 2:
+        raise ValueError(f"newton_schulz needs a 2-D tensor, got shape {tuple(x.shape)}")
+    if steps != int(steps) or not 0 <= steps < 100:
+        raise ValueError(f"newton_schulz steps must be a whole number in [0, 100), got {steps}")
+    dtypes = {0: x.dtype, 16: torch.bfloat16, 32: torch.float32, 64: torch.float64}
+    if bits not in dtypes:
+        raise ValueError(f"newton_schulz bits must be 0, 16, 32 or 64, got {bits:g}")
+    o = x.to(dtypes[bits], copy=True)
+    tall = x.size(0) > x.size(1)
+    if tall:
+        o = o.T
+    o.div_(o.norm().clamp(min=eps))
+    for _ in range(int(steps)):
+        gram = o @ o.T
+        gram_update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        o = torch.addmm(o, gram_update, o, beta=a)
+    if tall:
+        o = o.T
+    return o.to(x.dtype)
+''',
+    "_apply": '''
+def _apply(fn, x):
+    """fn of a tensor, or of a number (which a where on params alone may give)."""
+    return fn(x) if isinstance(x, torch.Tensor) else _scalar(fn, x)
+''',
+    "_tensor": '''
+def _tensor(x, like):
+    """x, or a number broadcast like the parameter."""
+    return x if isinstance(x, torch.Tensor) else torch.full_like(like, x)
+''',
+    "_fill": '''
+def _fill(value, like):
+    """A new tensor of like's shape holding value (a number or a tensor that broadcasts)."""
+    out = torch.empty_like(like)
+    return out.copy_(value) if isinstance(value, torch.Tensor) else out.fill_(value)
+''',
+    "_matrix": '''
+def _matrix(x):
+    """x as the rule sees it where it reads rows or columns: a vector of n is a column
+    (n, 1), a number (1, 1), a tensor of more dimensions keeps its shape (its rows and
+    columns are the last two).  A view: writing it writes x."""
+    if x.dim() >= 2:
+        return x
+    return x.reshape(-1, 1) if x.dim() == 1 else x.reshape(1, 1)
+''',
+    "_facts": '''
+def _facts(p):
+    """What the rule may read of the tensor: ndim, its 2-D view's rows and cols, numel and
+    its dtype's machine_eps."""
+    rows, cols = _matrix(p).shape[-2:]
+    return {"ndim": float(p.dim()), "rows": float(rows), "cols": float(cols),
+            "numel": float(p.numel()), "machine_eps": torch.finfo(p.dtype).eps}
+''',
+    "_zeros": '''
+def _zeros(shape, p):
+    """A buffer's first value for the parameter p: 0 for a number, else zeros of the shape
+    SHAPES names (row, col: p's 2-D view's, the last or second-to-last dimension 1)."""
+    if shape == "number":
+        return 0.0
+    if shape == "full":
+        return torch.zeros_like(p, memory_format=torch.preserve_format)
+    if shape == "one":
+        return torch.zeros((), dtype=p.dtype, device=p.device)
+    dims = list(_matrix(p).shape)
+    if "row" in shape:
+        dims[-1] = 1
+    if "col" in shape:
+        dims[-2] = 1
+    return torch.zeros(dims, dtype=p.dtype, device=p.device)
+''',
     "_drop": '''
 def _drop(x, p, uniform):
     """Dropout with this step's U[0, 1) samples: an element is kept where its sample is
@@ -150,10 +313,14 @@ def _rd(n, t, T):
 ''',
 }
 
-SPELLING = Spelling(calls=CALLS, tensorize="torch.full_like(w, {0})", clone="{0}.clone()",
-                    helpers=HELPERS)
+SPELLING = Spelling(
+    calls=CALLS, name="torch", tensorize="torch.full_like(w, {0})", clone="{0}.clone()",
+    helpers=HELPERS,
+    numbers={"exp": "_apply(torch.exp, {0})", "log": "_apply(torch.log, {0})",
+             "sqrt": "_apply(torch.sqrt, {0})", "abs": "abs({0})", "div": "_div({0}, {1})"},
+    tensor_of="_tensor({0}, w)")
 # The optimizer's own arguments: a rule's param of one of these names is refused.
-OWN_ARGUMENTS = frozenset({"params", "lr", "total_steps", "seed"})
+OWN_ARGUMENTS = frozenset({"params", "lr", "total_steps", "seed", "maximize"})
 # Names of the generated module and its constructor's body.
 MODULE_NAMES = frozenset({"self", "defaults", "torch", "math", "unknown", "RULE", "PARAMS",
                           "BUFFERS", "SITES", "DEFAULT_LR", "Callable", "Iterable", "Any",
@@ -174,13 +341,15 @@ $rule
 # name: (default, low, high, low closed, high closed, range as text); None: any number
 PARAMS = $params
 BUFFERS = $buffers
-SITES = $sites  # the random draws of a step, in order: N(0, 1) or U[0, 1) samples
+${shapes}SITES = $sites  # the random draws of a step, in order: N(0, 1) or U[0, 1) samples
 DEFAULT_LR = $lr
 
 
 $helpers
 
 $update
+$kept
+$step
 
 def _check_values(group: dict) -> None:
     """Refuses a learning rate or param value the rule does not allow."""
@@ -205,18 +374,18 @@ class $name(torch.optim.Optimizer):
     $class_doc
 
     def __init__(self, params: Iterable, lr: float = DEFAULT_LR$keywords) -> None:
-$init        defaults = {"lr": lr$defaults}
+$init        defaults = {"lr": lr, "maximize": bool(maximize)$defaults}
 $more        _check_values(defaults)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
-        unknown = sorted(set(param_group) - {"params", "lr", "initial_lr", *PARAMS})
+        unknown = sorted(set(param_group) - {"params", "lr", "initial_lr", "maximize", *PARAMS})
         if unknown:
             raise ValueError(f"unknown hyperparameter {unknown[0]!r} for this rule; its "
                              f"params are: {', '.join(PARAMS) or 'none'}")
         super().add_param_group(param_group)
         _check_values(self.param_groups[-1])
-
+$matrix
     @staticmethod
     def _with_grads(group: dict) -> list[torch.Tensor]:
         """The group's parameters that have gradients; refuses what the step cannot take."""
@@ -231,17 +400,16 @@ $more        _check_values(defaults)
             params.append(p)
         return params
 
-    def _buckets(self, params: list[torch.Tensor]) -> dict[tuple, list[torch.Tensor]]:
+    def _buckets(self, group: dict, params: list[torch.Tensor]
+                 ) -> dict[tuple, list[torch.Tensor]]:
         """The tensors by step number, device and dtype, in nos.Optimizer's order (which
-        its random draws follow); a tensor's state is made on its first step."""
+        its random draws follow); a tensor's state is made on its first step$made."""
         buckets: dict[tuple, list[torch.Tensor]] = {}
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = torch.zeros((), dtype=torch.int64)
-                for name in BUFFERS:
-                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
+$buffers_made            state["step"] += 1
             buckets.setdefault((int(state["step"]), p.device, p.dtype), []).append(p)
         return buckets
 $random
@@ -256,13 +424,10 @@ $random
         work = [(group, self._with_grads(group)) for group in self.param_groups]
         total = $total
         for group, params in work:
-            for (t, _, _), bucket in self._buckets(params).items():
+            for (t, _, _), bucket in self._buckets(group, params).items():
 $draw                for $each in $bucket:
-                    state = self.state[p]
-                    update, buffers = _update(p, p.grad, state, group, float(t), total,
-                                              $samples)
-                    state.update(buffers)
-                    p.add_(update, alpha=-group["lr"])
+                    _step(p, self.state[p], group, float(t), total,
+                          $samples)
         return loss
 ''')
 
@@ -325,6 +490,65 @@ SEED_CHECK = '''\
         self._saved_generators: dict[str, torch.Tensor] = {}  # loaded, not yet used'''
 
 
+MATRIX_CHECK = """\
+        for i, p in enumerate(self.param_groups[-1]["params"]):
+            if p.dim() != 2:
+                raise ValueError(f"{op} needs 2-D parameters; parameter {{i}} of group "
+                                 f"{{len(self.param_groups) - 1}} has shape {{tuple(p.shape)}}")
+"""
+
+
+def _shapes_literal(plan: Plan) -> str:
+    """The SHAPES table, where a buffer is not a plain tensor like the parameter or the rule
+    reads rows or columns."""
+    if plan.plain_buffers and not plan.viewed:
+        return ""
+    rows = ", ".join(f"{quote(n)}: {quote(plan.buffer_shape(n))}" for n in plan.buffers)
+    return ("# each buffer's shape: the parameter's (full), one number per tensor (one, a 0-d "
+            "tensor),\n# its 2-D view's with the last (row) or second-to-last (col) dimension "
+            f"1, or a float (number)\nSHAPES = {{{rows}}}\n")
+
+
+def _buffers_made(plan: Plan) -> str:
+    """The code of ``_buckets`` that makes a tensor's buffers."""
+    if plan.plain_buffers:
+        return ("                for name in BUFFERS:\n"
+                "                    state[name] = torch.zeros_like(p, memory_format="
+                "torch.preserve_format)\n")
+    names = "_kept(group, _facts(p))" if plan.kept else "BUFFERS"
+    return (f"            for name in {names}:\n"
+            "                if name not in state:\n"
+            "                    state[name] = _zeros(SHAPES[name], p)\n")
+
+
+def _step_function(plan: Plan) -> str:
+    """``_step``: one tensor's step around ``_update``."""
+    facts = ", _facts(p)" if plan.facts else ""
+    lines = ['g = torch.neg(p.grad) if group.get("maximize", False) else p.grad']
+    if plan.viewed:
+        drawn = "[_matrix(x) for x in drawn]" if plan.random else "drawn"
+        lines += ["w = _matrix(p)",
+                  'old = {name: _matrix(state[name]) if SHAPES[name] == "full" else state[name]',
+                  "       for name in BUFFERS if name in state}",
+                  f"update, buffers = _update(w, _matrix(g), old, group, t, T, {drawn}{facts})",
+                  "for name, value in buffers.items():",
+                  "    if value is not None:",
+                  '        state[name] = value.reshape(p.shape) if SHAPES[name] == "full" '
+                  "else value",
+                  'w.add_(update, alpha=-group["lr"])']
+    else:
+        lines.append(f"update, buffers = _update(p, g, state, group, t, T, drawn{facts})")
+        lines.append("state.update((name, value) for name, value in buffers.items() "
+                     "if value is not None)" if plan.kept else "state.update(buffers)")
+        lines.append('p.add_(update, alpha=-group["lr"])')
+    body = "\n".join("    " + line for line in lines)
+    return ("def _step(p: torch.Tensor, state: dict, group: dict, t: float, T: float | None,\n"
+            "          drawn: list) -> None:\n"
+            '    """One tensor\'s step: the rule\'s update and buffers, then w <- w - lr * update '
+            '(g is\n    the gradient, or its negative with maximize)."""\n'
+            f"{body}\n")
+
+
 def class_name(text: str) -> str:
     """``powersign_ld`` -> ``PowersignLd``."""
     return "".join(part[:1].upper() + part[1:] for part in text.split("_") if part)
@@ -352,8 +576,13 @@ def torch_source(rule: Rule | str, name: str | None = None, lr: float | None = N
         signature.insert(len(keywords.plain) + plan.needs_total_steps,
                          "seed: int | None = None")
         init.append(SEED_CHECK)
+    signature.insert(len(keywords.plain) + plan.needs_total_steps + plan.random,
+                     "maximize: bool = False")
     update = update_function(plan, SPELLING)
-    helpers = helpers_for(update, HELPERS)
+    kept = "\n" + kept_function(plan, SPELLING) + "\n" if plan.kept else ""
+    step = _step_function(plan)
+    made = _buffers_made(plan)
+    helpers = helpers_for(update + kept + step + made, HELPERS)
     params = params_literal(plan)
     doc = _docstring(plan, name, source.baseline.doc if source.baseline else None)
     text = MODULE.substitute(
@@ -361,7 +590,11 @@ def torch_source(rule: Rule | str, name: str | None = None, lr: float | None = N
         imports="import math\n" if "math." in helpers + update + params else "",
         rule=str(source.rule), params=params, buffers=tuple_literal(plan.buffers),
         sites=tuple_literal(plan.sites), lr=float_literal(source.lr), helpers=helpers,
-        update=update, name=name, class_doc=docstring_literal(doc, "    "),
+        update=update, kept=kept, step=step, name=name,
+        class_doc=docstring_literal(doc, "    "),
+        shapes=_shapes_literal(plan), buffers_made=made,
+        made="" if plan.plain_buffers else ", a buffer\n        when the rule first needs it",
+        matrix=MATRIX_CHECK.format(op=plan.matrix) if plan.matrix else "",
         keywords=(",\n                 *, " + ",\n                 ".join(signature))
         if signature else "",
         init="".join(block + "\n" for block in init),
@@ -386,7 +619,17 @@ def _module_doc(plan: Plan, name: str) -> str:
 
 
 def _docstring(plan: Plan, name: str, doc: str | None) -> str:
-    notes = []
+    notes = ["``maximize=True`` steps up the gradient (the rule's g is the gradient's "
+             "negative), per group too."]
+    if plan.viewed:
+        notes.append("The rule reads rows or columns: each tensor is stepped as its 2-D view "
+                     "(a vector of n is a column (n, 1), a number (1, 1)); a buffer of rows or "
+                     "columns keeps the view's shape.")
+    if plan.matrix:
+        notes.append(f"{plan.matrix} needs 2-D parameters: others are refused.")
+    if plan.kept:
+        notes.append("A where on params (and the tensor's facts) alone takes one branch: the "
+                     "other is not computed, and a buffer only it needs is not kept.")
     if plan.needs_total_steps:
         notes.append("``total_steps`` is the rule's T (it reads T, ld, cd or rd).")
     if plan.random:

@@ -73,6 +73,13 @@ def run_main(args: list[str], capsys) -> tuple[int, str, str]:
     (["adam", "--torch", "-o", "missing/x.py"], "is not a writable directory"),
     (["adam", "--torch", "-o", "."], "it is a directory"),
     (["param seed = 1\nupdate = seed * g", "--torch", "-o", "x.py"], "'seed' has the name of"),
+    (["param f = 0 in [0, 1]\nupdate = sum(where(f, g, 2)) * g", "--optax", "-o", "x.py"],
+     "sum (line 2) of a where on params alone with a number and a tensor branch is not "
+     "exported to optax"),
+    (["newton_schulz(g, 3, -4, 2, t, 1e-7, 16)", "--optax", "-o", "x.py"],
+     "argument 5 of newton_schulz(x, a, b, c, steps, eps, bits) (line 1) must read params"),
+    (["param f = 1 in [0, 1]\nupdate = where(f, noise, g)", "--torch", "-o", "x.py"],
+     "in a branch of a where on params alone is not exported"),
 ])
 def test_more_bad_input(tmp_path, monkeypatch, capsys, args, words):
     monkeypatch.chdir(tmp_path)

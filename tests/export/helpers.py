@@ -16,9 +16,9 @@ semantics rules and the 200 random rules (100 steps, float64), the largest scale
 rules and the 100 random rules that draw nothing, 50 steps).  With the named rules of
 torch.optim's keywords and the rules of CONSTRUCTS (special values): 1.2e-14 (torch) and
 1.5e-14 (optax: muon, its float64 matrix products summed in XLA's order).  The plain
-relative error ``|a - e| / |e|`` is as small except where a parameter cancels to almost zero: there it
-reaches 16 (an element of 1e-17 whose past was of order 1), which is why the scale is
-the element's past.
+relative error ``|a - e| / |e|`` is as small except where a parameter cancels to almost
+zero: there it reaches 16 (an element of 1e-17 whose past was of order 1), which is why
+the scale is the element's past.
 """
 
 from __future__ import annotations

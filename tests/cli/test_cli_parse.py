@@ -44,7 +44,7 @@ def test_parse_baseline_name_prints_its_full_text():
     out = nos_cli("parse", "adam")
     assert out.returncode == 0
     assert out.stdout.strip() == str(nos.parse(nos.baselines()["adam"].text))
-    assert "state m = beta1 * m + (1 - beta1) * d" in out.stdout
+    assert "state m = lerp(m, d, 1 - beta1)" in out.stdout
 
 
 def test_bad_rule_exits_2_with_caret_message():
@@ -61,3 +61,19 @@ def test_help_explains_itself():
     out = nos_cli("--help")
     assert out.returncode == 0 and "parse" in out.stdout
     assert "baseline" in nos_cli("parse", "--help").stdout
+
+
+def test_parse_param_prints_the_variant_a_keyword_picks(tmp_path):
+    out = nos_cli("parse", "adam", "--param", "amsgrad=true", "--param", "betas=0.8,0.99",
+                  cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    variant = nos.parse(out.stdout)
+    assert "amsgrad" not in variant.params and "where" not in variant.functions
+    assert variant.params["beta1"] == 0.8 and variant.params["beta2"] == 0.99
+    assert "state vmax = max(vmax, v)" in out.stdout
+    plain = nos_cli("parse", "sgd", "--param", "momentum=0.9", cwd=tmp_path)
+    assert "state buf" in plain.stdout and "nesterov" not in plain.stdout
+    bad = nos_cli("parse", "adam", "--param", "amsgrad=2", cwd=tmp_path)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("nos parse: error: Invalid amsgrad: 2, must be in [0, 1] "
+                                  "for rule adam")

@@ -11,6 +11,9 @@ from nos.search.space import (
     DEFAULT_BINARY,
     DEFAULT_OPERANDS,
     DEFAULT_UNARY,
+    TENSOR_BINARY,
+    TENSOR_OPERANDS,
+    TENSOR_UNARY,
     Space,
     SpaceConfig,
     _substitute,
@@ -20,6 +23,7 @@ SPACES = {
     "default": SpaceConfig(),
     "two_units": SpaceConfig(units=2),
     "three_units_flags": SpaceConfig(units=3, decay_operands=True, annealed_noise=True),
+    "tensor_ops": SpaceConfig(units=2, tensor_ops=True),
 }
 
 
@@ -84,8 +88,8 @@ def test_every_choice_shows_in_the_text(space):
             assert shown in text, (position, choice, text)
             checked += 1
     units = space.config.units
-    assert checked == units * (2 * len(space.operands) + 2 * len(space.config.unary)
-                               + len(space.config.binary))
+    assert checked == units * (2 * len(space.operands) + 2 * len(space.unary)
+                               + len(space.binary))
 
 
 def test_every_choice_parses(space):
@@ -132,7 +136,8 @@ def test_substitution_is_simultaneous_and_whole_word():
 def test_to_text_is_pure(space):
     rng = np.random.default_rng(0)
     twin = Space(SpaceConfig(**{f: getattr(space.config, f) for f in (
-        "units", "operands", "unary", "binary", "decay_operands", "annealed_noise")}))
+        "units", "operands", "unary", "binary", "decay_operands", "annealed_noise",
+        "tensor_ops")}))
     for _ in range(50):
         tokens = list(space.sample(rng))
         before = list(tokens)
@@ -236,3 +241,27 @@ def test_config_is_frozen():
     config = SpaceConfig()
     with pytest.raises(AttributeError):
         config.units = 2  # type: ignore[misc]
+
+
+def test_tensor_ops_add_the_tensor_level_constructs_and_every_rule_steps():
+    import torch
+
+    import nos
+
+    space = Space(SpaceConfig(units=2, tensor_ops=True))
+    assert space.operands[-len(TENSOR_OPERANDS):] == TENSOR_OPERANDS
+    assert space.unary == DEFAULT_UNARY + TENSOR_UNARY
+    assert space.binary == DEFAULT_BINARY + TENSOR_BINARY
+    assert Space().unary == DEFAULT_UNARY  # off by default: the paper's space
+    used = set()
+    rng = np.random.default_rng(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    for _ in range(200):  # a matrix, a vector and their reductions, on both executors
+        rule = space.to_rule(space.sample(rng))
+        used |= rule.functions
+        for foreach in (True, False):
+            opt = nos.Optimizer(model.parameters(), rule, lr=1e-3, total_steps=5,
+                                foreach=foreach)
+            model(torch.randn(5, 4)).sum().backward()
+            opt.step()
+    assert {"rms", "norm", "where", "lerp", "rowmean", "colmean", "gt"} <= used

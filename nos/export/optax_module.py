@@ -91,8 +91,10 @@ def _clip(x, c):
     "_compare": '''
 def _compare(fn, a, b):
     """1 where fn(a, b) holds, else 0 (false for nan, but nan != x), in the operands'
-    dtype."""
-    return fn(a, b).astype(jnp.result_type(a, b))
+    dtype.  A select, not a cast of the comparison: XLA rewrites x * cast(c) as
+    select(c, x, 0), which gives 0 where x is inf or nan and c false."""
+    dtype = jnp.result_type(a, b)
+    return jnp.where(fn(a, b), jnp.ones((), dtype), jnp.zeros((), dtype))
 ''',
     "_lerp": '''
 def _lerp(a, b, weight):

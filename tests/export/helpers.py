@@ -38,6 +38,7 @@ from nos.search.space import Space, SpaceConfig
 TOLERANCE = 1e-10
 _WRITTEN = itertools.count()
 SPACES = (Space(), Space(SpaceConfig(units=2, decay_operands=True, annealed_noise=True)))
+TENSOR_SPACES = (Space(SpaceConfig(units=2, tensor_ops=True)),)  # norms, masks, rows, ...
 
 # Rules of the constructs beyond the search space's, run by both exports' tests on
 # gradients with special values (at their defaults and at other_values: the switches both
@@ -46,6 +47,7 @@ CONSTRUCTS = [
     # comparisons: 1 or 0 (false for nan, but nan != x), of tensors and of numbers
     "(g < 0) + (g <= w) * 2 + (g > 1) * 3 + (0 >= g) + (g == 0) + (g != g) * 5 + (w != 0.5)"
     " + g * ((t < 3) + (t >= 20) * 2 + (0 / 0 != 0 / 0) + (T > t))",
+    "g * (g > 0) + 0.1 * w",  # -inf times a false comparison is nan (XLA makes it 0 of a cast)
     # where: nan is nonzero; conditions of tensors and of the step (not switches)
     "where(g, 1, 2) + where(g > 0, g, w) + where(g - g, 3, g) + where(g > 0, 1, -1) * t"
     " + where(t > 5, g, 0) + where(t == 1, m, g) + where(t > 3, 1, 2) * g",
@@ -93,14 +95,15 @@ def load_module(source: str, folder: Path, stem: str) -> ModuleType:
     return module
 
 
-def space_rules(count: int, seed: int = 2017) -> list[str]:
+def space_rules(count: int, seed: int = 2017, spaces: tuple[Space, ...] = SPACES) -> list[str]:
     """Distinct random rules of the search space, as canonical text: alternately from the
     default space (the paper's, one unit) and a two-unit space with the decay operands
-    and annealed noise switched on."""
+    and annealed noise switched on (or from ``spaces`` in turn: TENSOR_SPACES, the space
+    with the tensor-level constructs)."""
     rng = np.random.default_rng(seed)
     rules: list[str] = []
     while len(rules) < count:
-        space = SPACES[len(rules) % 2]
+        space = spaces[len(rules) % len(spaces)]
         text = str(nos.parse(space.to_text(space.sample(rng))))
         if text not in rules:
             rules.append(text)

@@ -144,6 +144,7 @@ def compile_rule(rule: Rule, zeros: frozenset[str] = frozenset(), optimize: bool
     # buffer widens until its shape holds its value (a fixed point: shapes only grow).
     numbers = {s.name for s in live if s.kind == "state"}
     shapes: dict[str, frozenset[str]] = {}
+    base = None
     if zeros or fixed:  # a buffer is what it is in the rule's own program, in every group
         base = compile_rule(rule, optimize=optimize)
         numbers &= set(base.scalar_state)
@@ -180,7 +181,7 @@ def compile_rule(rule: Rule, zeros: frozenset[str] = frozenset(), optimize: bool
         random=any(i.random for i in b.tensor_code) or any(i.random for i in b.scalar_code),
         shapes=b.shapes, scalar_state=tuple(scalar_out), scalar_out=scalar_out,
         viewed=any(op in OPS and (OPS[op].reduce in ("row", "col") or OPS[op].matrix)
-                   for op in used_ops),
+                   for op in used_ops) or (base is not None and base.viewed),
         facts=tuple(sorted(TENSOR_FACTS & set(b.inputs))),
         switches=switches(rule),
     )

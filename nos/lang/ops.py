@@ -173,6 +173,8 @@ def _t_where(c, a, b):
 
 
 def _t_lerp(a, b, w):
+    if not isinstance(a, torch.Tensor) and not isinstance(b, torch.Tensor):
+        a = torch.full_like(w, a)  # only the weight is a tensor
     if not isinstance(a, torch.Tensor):
         a = torch.full_like(b, a)
     elif not isinstance(b, torch.Tensor):

@@ -436,7 +436,7 @@ class Optimizer(torch.optim.Optimizer):
             tensors = []
             for p, state in zip(ps, states, strict=True):
                 if name not in state:  # a reduced shape is of the 2-D view of a viewed rule
-                    like = matrix_view(p) if program.viewed else p
+                    like = matrix_view(p) if program.viewed and shape != FULL else p
                     state[name] = torch.zeros(shape_of(shape, like), dtype=p.dtype,
                                               device=p.device)
                 buffer = state[name]

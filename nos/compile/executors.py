@@ -228,8 +228,9 @@ def run_foreach(program: Program, bucket: Bucket, generator) -> None:
     for ins in program.tensor_code:
         args = [env[a] for a in ins.args]
         if ins.op == "fill":
-            value = args[0]
-            env[ins.out] = [_fill(ins, value[i] if isinstance(value, list) else value, p)
+            value = args[0]  # a number, or one tensor per parameter (torch._foreach_norm: a tuple)
+            each = isinstance(value, (list, tuple))
+            env[ins.out] = [_fill(ins, value[i] if each else value, p)
                             for i, p in enumerate(bucket.params)]
         elif ins.random and ins.op != "drop":
             env[ins.out] = _draw(ins, env, bucket.params, generator)

@@ -10,9 +10,11 @@ resumed halfway from a saved ``state_dict`` in a new optimizer, and, on a sample
 and the buffers at the end with the interpreter's.
 
 What runs.  Four float64 tensors in two param groups, each group with its own lr (a
-float or a 0-d tensor) and hyperparameters: a 0-d tensor and a conv weight (3, 2, 2, 2)
-in one, a 1-d tensor (5,) and a non-contiguous view in the other (a transposed, strided
-slice of a 7x9 leaf, with a non-contiguous gradient).  Gradients are N(0, s^2), s in
+float or a 0-d tensor), hyperparameters and maximize: a 0-d tensor and a 3-d tensor (2, 4,
+3) in one, a 1-d tensor (5,) and a non-contiguous 2-d view in the other (a transposed,
+strided slice of a 7x9 leaf, with a non-contiguous gradient); a rule that calls
+newton_schulz steps 2-d tensors only (nos.Optimizer refuses others): (2, 5), (4, 3), (1,
+3) and the view, each with a non-contiguous gradient.  Gradients are N(0, s^2), s in
 {1e-3, 1, 1e3} per step, with 10% exact zeros, written into ``p.grad`` in place, as
 backward() does; in half the examples a tensor has no gradient at one step in ten or in
 four (it is skipped: its step number falls behind the others' in its group).  A step
@@ -26,26 +28,47 @@ scale)``, or when neither is finite (nan, +inf and -inf all mean the element div
 For a buffer, scale is ``|e|``; for the parameters after step k it is ``max(|w_k|, sum
 over steps j <= k of |lr| * P_j)``, P_j the magnitude of the update's additive parts at
 step j: an executor may apply ``update = a - b`` as two steps on w, whose rounding is
-that of ``lr * a`` (see ``compare``).  Every buffer the optimizer keeps is compared,
+that of ``lr * a`` (see ``compare``).  Every buffer the optimizer keeps is compared at
+every element of its tensor (a number per tensor, a row or a column average broadcast),
 where the parameter never diverged (the compiler may take w to be finite: ``0 * w =
-0``).  When an executor disagrees on an
-example whose float64 reference is unstable -- the same interpreter at extended precision
-(np.longdouble), with every zero rewritten to +0, to -0 or to a random sign, disagrees
-with it at 1e-13 -- hypothesis rejects the example instead of failing: the rule is
-ill-conditioned there (cancellation, an overflow only float64 sees), or its result
-depends on the sign of a zero, which the language leaves open (the compiler's algebra,
-``x + 0 = x``, and torch's ``max(0, -0)`` do not keep it).  About 0.1-0.2% of the
-examples are rejected.
+0``; for a reduced buffer, where none of the elements it reduces diverged); a buffer that
+a group's specialised program does not keep is not compared.  When an executor disagrees
+on an example whose float64 reference is unstable -- the same interpreter at extended
+precision (np.longdouble), with every zero rewritten to +0, to -0 or to a random sign,
+or at float64 with its state and every reduction's result moved by 1e-15, disagrees with
+it at 1e-13 -- hypothesis rejects the example instead of failing: the rule is
+ill-conditioned there (cancellation, an overflow only float64 sees, a comparison of a
+sum that is all rounding, as ``sum(g - mean(g)) > 0``), or its result depends on the sign
+of a zero, which the language leaves open (the compiler's algebra, ``x + 0 = x``, and
+torch's ``max(0, -0)`` do not keep it).  Examples that would meet an open bug of nos
+(``known_bug``, each with a strict xfail test) are rejected too.
 
 The semantics the interpreter holds the compiler to (decided here; where the compiler
-differed, it was changed): IEEE binary64 for every operation (x/0 is +-inf or nan,
-(-8)^(1/3) is nan, 0^-1 is inf, 0 * inf is nan, x^0.5 and x^-0.5 are pow, not sqrt and
-rsqrt); ``sign(0) = 0`` and ``sign(nan) = nan``; ``max``, ``min`` and ``clip(x, c) =
-min(max(x, -c), c)`` propagate nan (for c < 0, clip gives c); ``rd(n)`` takes the
-floored ``(n s) mod T``, in [0, T), as TensorFlow's restart decay, for n < 0 too;
-``drop(x, p)`` multiplies x by its mask (a dropped nan stays nan; p >= 1 drops all).
-Roundings may differ (fused multiply-adds, a scalar's reciprocal, parts of the update
-applied as separate steps), within the tolerance above.
+differed, it was changed, or the difference is an open bug below): IEEE binary64 for
+every operation (x/0 is +-inf or nan, (-8)^(1/3) is nan, 0^-1 is inf, 0 * inf is nan,
+x^0.5 and x^-0.5 are pow, not sqrt and rsqrt); ``sign(0) = 0`` and ``sign(nan) = nan``;
+``max``, ``min`` and ``clip(x, c) = min(max(x, -c), c)`` propagate nan (for c < 0, clip
+gives c); ``rd(n)`` takes the floored ``(n s) mod T``, in [0, T), as TensorFlow's
+restart decay, for n < 0 too; ``drop(x, p)`` multiplies x by its mask (a dropped nan
+stays nan; p >= 1 drops all; the mask has the parameter's shape).  A comparison is 1 or
+0 (false for nan but ``!=``); ``where(c, a, b)`` takes a where c is nonzero, nan
+included; ``lerp`` is torch's formula.  A reduction (``sum mean norm rms amax``, one
+number per tensor) and ``rowmean``, ``colmean`` (over the last or the second-to-last
+dimension of the 2-d view; a vector is a column (n, 1), a number (1, 1)) broadcast back
+to the tensor's elements, and every value stands for a value at each element however it
+is stored: a reduction or newton_schulz of a row average, a column average or a number
+sees it at every element (``sum(rowmean(x)) = sum(x)``, ``sum(2) = 2 numel``; also what
+``rms(x) = norm(x) / sqrt(numel)`` says), so that no result depends on storage, which
+specialisation and simplification change.  ``newton_schulz`` is torch's Muon iteration;
+at 64 bits (and 0: the parameters' own) it is compared with the interpreter's float64,
+at 16 (bfloat16, which NumPy lacks) and 32 with torch's own iteration, written out.  A
+state that reads no tensor is a number per tensor; a param or tensor fact that decides
+a where by itself specialises each group's program, which must mean what the rule does.
+``maximize`` steps with -g.  ``lr`` is the group's learning rate of the step (a tensor
+lr too), ``ndim``, ``numel``, ``rows`` and ``cols`` (of the 2-d view) and
+``machine_eps`` describe the tensor.  Roundings may differ (fused multiply-adds, a
+scalar's reciprocal, parts of the update applied as separate steps, the order of a
+sum's or a matrix product's additions), within the tolerance above.
 
 Random primitives.  The executors draw ``noise``, ``annealed_noise`` and ``drop``'s masks
 from the optimizer's generator; replaying that draw order in the interpreter would test
@@ -65,38 +88,56 @@ own ``beta1`` replacing the prelude's), and the update (as ``update = ...`` or a
 expression), in a random order, so that statements read buffers before and after their
 update and the update stands before later buffer statements.  A buffer's statement is an
 expression, a running average ``a * s + b * x`` (with ``b = 1 - a`` or not) or ``a * s +
-b * x * y``, a copy of another buffer, of itself, of g, w, m or adam, or a scalar.  The
-update is an expression or a form the compiler folds into the step (``x / (sqrt(|y|) +
-c)``, ``c x + d w``, ``x y c``, ``(x - y) / c``, ``-x + w c``, ``x / c / (y + d)``), in
-three of four rules plus ``c * s`` for a buffer s.  Expressions (depth <= 3) use every
-operator (``+ - * / ^``, unary minus) and function (``exp log sqrt abs sign clip max min
-drop cd rd``), raw and in tame forms (``exp(clip(x, 3))``, ``log(|x| + 0.5)``,
-``sqrt(|x|)``, ``x / (|y| + 1)``), powers 2, 3, 0.5, -1, 0, 1, 1.5, -2, -0.5, clip
-bounds 0.5, 2, 0, -1; and every primitive and prelude name: g, w, t, T, ld, cd(n) and
-rd(n) (n in 1, 0.5, 2, 3, -1, -0.5, t, beta1 or a param), noise, annealed_noise, m, v,
-gamma, m_hat, v_hat, gamma_hat, adam, rmsprop, beta1, beta2, beta3, eps, and numbers
-(0, 1e-8, 0.999, 10, ... and random ones in [-4, 4]).  Each group passes a random subset
-of the params (0 among the values, so zero-specialised programs run beside plain ones);
-lr is one of 0, 1e-3, 0.01, 0.1, 0.5, 1; T is 1 to 15 (so T < 10 steps too).
-Measured over the 2,000 examples of the normal run (rules as written, dead code
-included): every operator and function appears, in 14% (rd) to 93% (+) of the rules
-(drop 46%, sign 28%, max 31%, min 35%, pow 64%, log 37%, cd 19%); g in 94%, w 73%, t
-56%, T 35%, ld 33%, noise 10%, annealed_noise 13%, each prelude name in 3-20%; a
-statement reads a buffer before its update in 71% and after it in 66%; the update stands
-before a buffer's statement in 68%; a buffer copies another in 48%, itself in 24%, w in
-13%.  In the compiled programs (either group): 77% keep a buffer (up to 7, the prelude's
-included), 29% copy a buffer's value, 64% apply the update as several terms (add 81%,
-addcdiv 27%, addcmul 8%, the parameter scaled 16%, a scalar 7%), 80% compute in place,
-axpby 25%, axpy 19%, axpbxz 12%; 22% run a zero-specialised program beside another.
-Tensors skip steps in 64%, params swap halfway in 47%, the lr decays in 37%, is a tensor
-in 57%, hyperparameters are the optimizer's defaults in 35%.  64% of the examples stay
-finite, 18% end with some elements non-finite and 18% with all (a division by an exact
-zero, the log of a negative number, an overflow: IEEE results compared as such).
+b * x * y``, a copy of another buffer, of itself, of g, w, m or adam, a scalar, a number
+(``where(t == 1, c, s) * a``, ``a * s + c``), a row or column average (``lerp(s,
+rowmean(x), a)``, ``a * s + b * colmean(x^2)``) or ``a * s + sum(x)`` and the other
+reductions.  The update is an expression or a form the compiler folds into the step
+(``x / (sqrt(|y|) + c)``, ``c x + d w``, ``x y c``, ``(x - y) / c``, ``-x + w c``, ``x
+/ c / (y + d)``), in three of four rules plus ``c * s`` for a buffer s; one rule in
+eight is a rule of matrices, whose update is mostly ``c * newton_schulz(x, ...) + d *
+w`` (as Muon) and whose expressions may call newton_schulz (of g, w, m, a row or column
+average, or ``x + 0 * g``; coefficients Muon's, (1.5, -0.5, 0), (2, -1.5, 0.5) or params;
+0-5 steps; eps 1e-7, 0.1, 0; bits 64 or 0).  Expressions (depth <= 3) use every
+operator (``+ - * / ^``, unary minus, ``< <= > >= == !=``) and function (``exp log sqrt
+abs sign clip max min drop cd rd where lerp sum mean norm rms amax rowmean colmean``),
+raw and in tame forms (``exp(clip(x, 3))``, ``log(|x| + 0.5)``, ``sqrt(|x|)``, ``x /
+(|y| + 1)``), powers 2, 3, 0.5, -1, 0, 1, 1.5, -2, -0.5, clip bounds 0.5, 2, 0, -1; a
+where's condition is a comparison, any expression, or one the same for every element (a
+param, ``p > 0``, ``p != 0``, ``ndim >= 2``, ``rows > cols``, ``numel == 1``, ``t == 1``,
+``t > 3``, ``lr > 0.05``), which also chooses between two scalars; lerp's weight is a
+number (0.1, 0.5, 0.9, -0.5, 2, 1, 0.49, 0), a scalar or an expression; and every
+primitive and prelude name: g, w, t, T, ld, lr, ndim, rows, cols, numel, machine_eps,
+cd(n) and rd(n) (n in 1, 0.5, 2, 3, -1, -0.5, t, beta1 or a param), noise,
+annealed_noise, m, v, gamma, m_hat, v_hat, gamma_hat, adam, rmsprop, beta1, beta2,
+beta3, eps, and numbers (0, 1e-8, 0.999, 10, ... and random ones in [-4, 4]).  Each
+group passes a random subset of the params (0 among the values, so zero-specialised
+programs run beside plain ones, and each value of a switch); lr is one of 0, 1e-3,
+0.01, 0.1, 0.5, 1; maximize is given as True in a quarter of the groups, as False in
+another; T is 1 to 15 (so T < 10 steps too).
+Measured over the examples of the normal run (rules as written, dead code included): +
+in 93% of the rules, * 88%, where 59%, comparisons 63% (== 25%, > 28%, < 13%), lerp
+37%, rowmean 29%, colmean 23%, sum 11%, mean 11%, norm 6%, amax 9%, rms 6%,
+newton_schulz 7%, drop 46%, log 30%, sign 30%, max 30%, min 27%, pow 51%, cd 20%, rd
+19%; g in 90%, w 76%, t 57%, T 36%, ld 33%, lr 12%, ndim 16%, rows 18%, cols 17%, numel
+15%, machine_eps 6%, noise 17%, annealed_noise 16%, each prelude name in 4-13%.  In the
+rule's own program: 79% keep a buffer, 27% a number per tensor, 17% a row or column
+average, 6% a number in a tensor (``sum(x)``); 30% read the tensor's facts (stepped one
+tensor at a time), 14% have a switch, 63% apply the update as several terms, 74% compute
+in place; the groups run differently switched programs in 5%.  Tensors skip steps in
+65%, params swap halfway in 42%, the lr is a tensor in 52%, a group maximizes in 25%,
+hyperparameters are the optimizer's defaults in 33%.  72% of the examples stay finite,
+14% end with all elements non-finite and 14% with some (a division by an exact zero,
+the log of a negative number, an overflow: IEEE results compared as such).  Of the
+examples drawn, about 9% are rejected for a known bug and 0.1% for an unstable
+reference.
 
-Counts: 2,000 examples in the normal run, 100,000 behind the slow mark; the fused path 6
-and 200 (one to four seconds of torch.compile per rule).  See ``_run`` on derandomize.
-Measured on 2 busy cores: the module takes 55 s (95 s with inductor's cache cold); the
-slow tests about 25 minutes for the 100,000 and 12 for the 200.
+Counts: 1,500 examples in the normal run, 100,000 behind the slow mark; the fused path 4
+and 200 (one to ten seconds of torch.compile per rule: a rule that reads a tensor's
+facts or keeps a number compiles one graph per tensor).  See ``_run`` on derandomize.
+Measured on 2 busy cores, inductor's cache warm: the module takes about 75 s (the 1,500
+examples 52 s, the fused sample 6 s, the examples of the tensor-level constructs below
+the regressions 7 s); the slow tests, at the same rates, about an hour for the 100,000
+and 15 minutes for the 200.
 
 Bugs the generator found (each has a regression test below, a small explicit rule):
 1. ``param beta = 0.9; state m = beta * m + (1 - beta) * g; update = m - p; state p =
@@ -141,6 +182,37 @@ Bugs the generator found (each has a regression test below, a small explicit rul
     function shared one code object, where torch.compile keeps its graphs, up to
     ``torch._dynamo.config.recompile_limit`` (8).  Found by this module's timings, not
     by a comparison.  Fix (nos/compile/fused.py): a copy of the code object per rule.
+11. ``state s = where(ndim >= 2, norm(g), g)`` failed (TypeError) on the multi-tensor path
+    for matrices: the program for ndim >= 2 fills the full buffer with norm(g), and
+    torch._foreach_norm gives a tuple, which the fill took as one value.  Fix
+    (nos/compile/executors.py ``run_foreach``): a tuple is one value per tensor too.
+12. ``drop(sum(g), 0)`` failed (an in-place multiply of a 0-d tensor by a full mask): the
+    result was labelled with its operand's reduced shape.  Fix (nos/compile/program.py):
+    a draw has the parameter's shape.
+13. ``state r = lerp(r, rowmean(g^2), 0.1)`` failed on a vector or a 0-d tensor: the
+    buffer was made in the tensor's own shape, (1,) for a vector of 5, not in its 2-d
+    view's, (5, 1).  Fix (nos/optim/optimizer.py): buffers of a rule that reads rows or
+    columns are made for the 2-d view.
+14. ``lerp(1, 2, g)`` failed (TypeError): both ends numbers, nos.lang.ops._t_lerp called
+    torch.full_like on a number.  Fix (nos/lang/ops.py): the ends take the weight's
+    shape.
+
+Open bugs the generator found (``known_bug`` rejects the examples that meet them; each
+has a strict xfail test, test_known_bug_*, that fails once the bug is fixed):
+- ``param p = 0; let unused = where(p, g, w); update = g``: KeyError 'p': a switch read
+  only by dead code is looked up among the live params (nos.optim.Optimizer._key).
+- ``sum(rowmean(g))``, ``norm(colmean(g))``, ``sum(sum(g))``, ``newton_schulz(rowmean(g),
+  ...)``: the compiler reduces the stored elements (the rows' means once each), where the
+  rule means every element (sum(rowmean(g)) = sum(g)); and a program specialised for a
+  group's params may store reduced what the rule's own program stores full:
+  ``sum(where(p, g, rowmean(g)))`` and ``norm(rowmean(g) + p * w)`` for p = 0 (the
+  folded where and ``w * 0 = 0`` drop the operand that made the value full).  Fix, in
+  the compiler: expand a reduced operand of sum, norm and newton_schulz to the full
+  shape (mean, rms, amax, rowmean and colmean are the same either way).
+- To decide: a switch changed between steps (``update = where(p, s, g)`` with ``state s
+  = s + g``, p from 0 to 1 halfway): the buffers only the branch now taken reads were
+  not kept up to date while the other branch ran (they start from 0, or from where they
+  were left), where the rule, unspecialised, kept them.
 """
 
 from __future__ import annotations
@@ -159,8 +231,11 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 import nos
+from nos.compile.compiler import compile_rule
+from nos.compile.program import FULL, Program
 from nos.lang.rule import Rule
-from tests.compile.interpreter import Interpreter
+from nos.lang.tree import TENSOR_FACTS, Statement, live_statements, names_read
+from tests.compile.interpreter import LANGUAGE, Interpreter, matrix_shape, tensor_facts
 
 STEPS = 10
 TOLERANCE = 1e-12  # executors against the interpreter
@@ -184,6 +259,7 @@ class Scope:
     states: list[str]  # every buffer: before its statement the old value, after it the new
     lets: list[str] = field(default_factory=list)  # the lets defined so far
     random: bool = True  # noise, annealed_noise and drop allowed
+    matrix: bool = False  # newton_schulz allowed (the rule then steps 2-D tensors only)
 
 
 @functools.cache
@@ -220,16 +296,25 @@ UNARY = ("-{}", "abs({})", "sign({})", "exp({})", "exp(clip({}, 3))", "log({})",
          "exp(clip({}, 3))", "log(abs({}) + 0.5)", "sqrt(abs({}))")
 BINARY = ("({} + {})", "({} - {})", "({} * {})", "({} / {})", "({} / (abs({}) + 1))",
           "({} ^ {})", "max({}, {})", "min({}, {})", "clip({}, {})")
+COMPARISONS = ("<", "<=", ">", ">=", "==", "!=")
+REDUCTIONS = ("sum({})", "mean({})", "norm({})", "rms({})", "amax({})", "rowmean({})",
+              "colmean({})", "rowmean({})", "colmean({})")
+LERP_WEIGHTS = ("0.1", "0.5", "0.9", "(-0.5)", "2", "1", "0.49", "0")
+FACTS = ("lr", "ndim", "rows", "cols", "numel", "machine_eps")
 SCHEDULE_ARGS = ("1", "0.5", "2", "3", "(-1)", "(-0.5)", "t", "beta1")
 RANDOM_SOURCES = ("noise", "annealed_noise", "drop(noise, 0.3)", "drop(sign(g), 0.5)",
                   "drop(annealed_noise, 0.25)")
 RANDOM_WRAPPERS = ("(abs(clip({}, 0)) + 1)", "max({}, 50)", "min({}, -50)", "abs(sign({}))")
+NS_COEFFICIENTS = ("3.4445, (-4.775), 2.0315", "1.5, (-0.5), 0", "2, (-1.5), 0.5")
+NS_INPUTS = ("g", "w", "m", "rowmean(g)", "colmean(w)")
 
 
-def _scalar(pick: Pick, scope: Scope) -> str:
-    """A value that is the same for every element: numbers, params, t, T and schedules."""
-    kinds = ["number", "number", "t", "T", "ld", "schedule", "prelude"] + ["param"] * 3
-    kind = pick.one(kinds if scope.params else kinds[:-3])
+def _scalar(pick: Pick, scope: Scope, switch: bool = True) -> str:
+    """A value that is the same for every element: numbers, params, t, T, schedules, lr,
+    the tensor's facts, and a where of them."""
+    kinds = ["number", "number", "t", "T", "ld", "schedule", "prelude", "fact"]
+    kinds += ["switch"] * switch + ["param"] * 3 * bool(scope.params)
+    kind = pick.one(kinds)
     if kind in ("t", "T", "ld"):
         return kind
     if kind == "schedule":
@@ -238,7 +323,21 @@ def _scalar(pick: Pick, scope: Scope) -> str:
         return _number(pick.draw(_ROUNDED) if pick.chance() else pick.one(NUMBERS))
     if kind == "prelude":
         return pick.one(["beta1", "beta2", "beta3", "eps"])
+    if kind == "fact":
+        return pick.one(FACTS)
+    if kind == "switch":
+        a, b = _scalar(pick, scope, False), _scalar(pick, scope, False)
+        return f"where({_condition(pick, scope)}, {a}, {b})"
     return pick.one(scope.params)
+
+
+def _condition(pick: Pick, scope: Scope) -> str:
+    """A condition the same for every element: a param (a switch: each group's program is
+    compiled for its value), a comparison of one or of a tensor fact, t or lr."""
+    options = ["ndim >= 2", "rows > cols", "numel == 1", "t == 1", "t > 3", "lr > 0.05"]
+    for p in scope.params:
+        options += [p, p, f"{p} > 0", f"{p} != 0"]
+    return pick.one(options)
 
 
 def _random_invariant(pick: Pick) -> str:
@@ -270,28 +369,65 @@ def expression(pick: Pick, scope: Scope, depth: int = 3) -> str:
     """A random expression over every operator and function of the language."""
     if depth <= 0 or pick.integer(0, 3) == 0:
         return _leaf(pick, scope)
-    forms = ["unary"] * 3 + ["binary"] * 5 + ["power", "clipc"] + ["drop"] * scope.random
+    forms = ["unary"] * 3 + ["binary"] * 5 + ["power", "clipc", "compare", "where", "where",
+                                                "lerp", "reduce", "reduce"]
+    forms += ["drop"] * scope.random + ["newton_schulz"] * scope.matrix
     form = pick.one(forms)
     if form == "unary":
         return pick.one(UNARY).format(expression(pick, scope, depth - 1))
     if form == "binary":
         left = expression(pick, scope, depth - 1)
         return pick.one(BINARY).format(left, expression(pick, scope, depth - 1))
+    if form == "newton_schulz":
+        return _newton_schulz(pick, scope, depth - 1)
     x = expression(pick, scope, depth - 1)
     if form == "power":
         return f"({x} ^ {pick.one(POWERS)})"
     if form == "clipc":
         return f"clip({x}, {pick.one(['0.5', '2', '0', '(-1)'])})"
+    if form == "reduce":
+        return pick.one(REDUCTIONS).format(x)
+    if form == "compare":
+        return f"({x} {pick.one(COMPARISONS)} {expression(pick, scope, depth - 1)})"
+    if form == "where":
+        kind = pick.integer(0, 2)
+        if kind == 0:
+            condition = _condition(pick, scope)
+        elif kind == 1:
+            condition = (f"{expression(pick, scope, depth - 1)} {pick.one(COMPARISONS)} "
+                         f"{expression(pick, scope, depth - 1)}")
+        else:
+            condition = expression(pick, scope, depth - 1)
+        return f"where({condition}, {x}, {expression(pick, scope, depth - 1)})"
+    if form == "lerp":
+        kind = pick.integer(0, 2)
+        weight = (pick.one(LERP_WEIGHTS) if kind == 0 else _scalar(pick, scope) if kind == 1
+                  else expression(pick, scope, depth - 1))
+        return f"lerp({x}, {expression(pick, scope, depth - 1)}, {weight})"
     # drop with p = 0 keeps x, with p >= 1 zeroes it: deterministic whatever the draw
     return f"drop({x}, {pick.one(['0', '1', '2', 't', '(1 - 1)'])})"
 
 
+def _newton_schulz(pick: Pick, scope: Scope, depth: int) -> str:
+    """newton_schulz in float64 (bits 64 or 0: the parameters' own) of a matrix: g, w, m, a
+    row or column average, or an expression made full-shaped (a number per tensor, as
+    sum(x), is no matrix)."""
+    x = pick.one(NS_INPUTS) if pick.chance() else f"({expression(pick, scope, depth)} + 0 * g)"
+    if scope.params and pick.integer(0, 3) == 0:
+        coefficients = ", ".join(pick.one(scope.params + ["1.5", "(-0.5)"]) for _ in range(3))
+    else:
+        coefficients = pick.one(NS_COEFFICIENTS)
+    steps, eps = pick.one(["0", "1", "2", "3", "5"]), pick.one(["1e-7", "0.1", "0"])
+    return f"newton_schulz({x}, {coefficients}, {steps}, {eps}, {pick.one(['64', '0'])})"
+
+
 def _state_statement(pick: Pick, name: str, scope: Scope) -> str:
     """A buffer's statement: an expression, a running average (what the compiler fuses
-    into axpby and addcmul), a copy of another buffer, of itself, of an input, or a
-    scalar."""
+    into axpby and addcmul), a copy of another buffer, of itself, of an input, a scalar, a
+    number kept per tensor, a running average of rows or columns, or a sum of reductions."""
     kinds = ["expr"] * 5 + ["average"] * 2 + ["product", "copy", "copy", "self", "input",
-                                                "scalar"]
+                                                "scalar", "number", "rowcol", "rowcol",
+                                                "reduced"]
     kind = pick.one(kinds)
     if kind == "copy":
         return f"state {name} = {pick.one([s for s in scope.states if s != name] or [name])}"
@@ -304,6 +440,17 @@ def _state_statement(pick: Pick, name: str, scope: Scope) -> str:
     if kind == "expr":
         return f"state {name} = {expression(pick, scope)}"
     a, x = _scalar(pick, scope), expression(pick, scope, 2)
+    if kind == "number":  # no tensor: one number per tensor
+        if pick.chance():
+            return f"state {name} = where(t == 1, {_scalar(pick, scope)}, {name}) * {a}"
+        return f"state {name} = {a} * {name} + {_scalar(pick, scope)}"
+    if kind == "rowcol":
+        mean = pick.one(["rowmean", "colmean"])
+        if pick.chance():
+            return f"state {name} = lerp({name}, {mean}({x}), {a})"
+        return f"state {name} = {a} * {name} + {_scalar(pick, scope)} * {mean}({x} ^ 2)"
+    if kind == "reduced":
+        return f"state {name} = {a} * {name} + {pick.one(REDUCTIONS).format(x)}"
     if kind == "average":
         b = f"(1 - {a})" if pick.chance() else _scalar(pick, scope)
         return f"state {name} = {a} * {name} + {b} * {x}"
@@ -317,8 +464,12 @@ UPDATES = ("{x} / (sqrt(abs({y})) + {c})", "{c} * {x} + {d} * w", "{x} * {y} * {
 
 def _update_expression(pick: Pick, scope: Scope) -> str:
     """The update: an expression, or a form the compiler folds into the parameter step
-    (addcdiv, addcmul, several terms, the parameter scaled); mostly reading a buffer."""
-    if pick.chance():
+    (addcdiv, addcmul, several terms, the parameter scaled); mostly reading a buffer; in a
+    rule of matrices, mostly a scaled newton_schulz (as Muon)."""
+    if scope.matrix and pick.integer(0, 3) > 0:
+        ns = _newton_schulz(pick, scope, 2)
+        update = f"{_scalar(pick, scope)} * {ns} + {_scalar(pick, scope)} * w"
+    elif pick.chance():
         update = expression(pick, scope)
     else:
         x, y = expression(pick, scope, 2), expression(pick, scope, 1)
@@ -335,17 +486,27 @@ class GroupSpec:
     lr: float
     hyper: dict[str, float]
     tensor_lr: bool = False  # give the optimizer torch.tensor(lr)
+    maximize: bool | None = None  # None: not given (the optimizer's default)
+
+
+# --- the data's layout ----------------------------------------------------------------
+
+SHAPES = ((), (5,), (2, 4, 3), (3, 4))  # 0-d, 1-d, 3-d, a strided 2-d view
+MATRIX_SHAPES = ((2, 5), (4, 3), (1, 3), (3, 4))  # for newton_schulz: wide, tall, a row, a view
+GROUP_OF = (0, 1, 0, 1)  # the param group of each tensor
+BASE_SHAPE = (7, 9)  # the last tensor is a view, base[1:5, 2:8:2].t()
 
 
 @dataclass(frozen=True)
 class Case:
     """One generated example: a rule, two param groups, T, and the data's seed.
 
-    With ``defaults``, group 0's hyperparameters are the optimizer's keyword arguments
-    (its defaults, which group 1 inherits where it sets none) instead of group 0's own.
-    With ``swap``, the groups swap their params' values halfway (written into
-    ``param_groups``, as a user or a scheduler would).  The lr of step k (from 0) is
-    ``lr * decay^k``, set before the step (a tensor lr is filled in place).
+    With ``defaults``, group 0's hyperparameters (and maximize) are the optimizer's keyword
+    arguments (its defaults, which group 1 inherits where it sets none) instead of group
+    0's own.  With ``swap``, the groups swap their params' values halfway (written into
+    ``param_groups``, as a user or a scheduler would).  The lr of step k (from 0) is ``lr *
+    decay^k``, set before the step (a tensor lr is filled in place).  A rule that calls
+    newton_schulz steps 2-D tensors only (``MATRIX_SHAPES``).
     """
 
     text: str
@@ -360,12 +521,23 @@ class Case:
     def rule(self) -> Rule:
         return _parse(self.text)
 
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        return MATRIX_SHAPES if "newton_schulz" in self.text else SHAPES
+
     def values(self, k: int) -> dict[str, float]:
         """Group k's value of every param the rule declares (its prelude's included)."""
         declared = {s.name: s.default for s in self.rule.expanded().statements
                     if s.kind == "param"}
         inherited = self.groups[0].hyper if self.defaults else {}
         return {**declared, **inherited, **self.groups[k].hyper}  # type: ignore[dict-item]
+
+    def maximize(self, k: int) -> bool:
+        """Whether group k steps up the gradient (given, inherited, or False)."""
+        own = self.groups[k].maximize
+        if own is not None:
+            return own
+        return bool(self.groups[0].maximize) if self.defaults else False
 
 
 @functools.lru_cache(maxsize=64)
@@ -375,14 +547,15 @@ def _parse(text: str) -> Rule:
 
 @st.composite
 def rule_texts(draw, random: bool = True) -> str:
-    """A multi-statement rule as text: params, 1-5 buffers, lets and the update, any order."""
+    """A multi-statement rule as text: params, 1-5 buffers, lets and the update, any order;
+    one in eight is a rule of matrices (newton_schulz)."""
     pick = Pick(draw)
     n_states, n_lets = pick.integer(1, 5), pick.integer(0, 3)
     params = [f"p{i}" for i in range(pick.integer(0, 3))]
     states = [f"s{i}" for i in range(n_states)]
     slots = [("state", s) for s in states] + [("let", f"l{i}") for i in range(n_lets)]
     order = draw(st.permutations([*slots, ("update", "update")]))
-    scope = Scope(params, states, random=random)
+    scope = Scope(params, states, random=random, matrix=pick.integer(0, 7) == 0)
     lines = []
     for kind, name in order:
         if kind == "state":
@@ -406,7 +579,7 @@ def _group(pick: Pick, declared: list[str]) -> GroupSpec:
     for name in declared:
         if pick.chance():
             hyper[name] = pick.one(PRELUDE_VALUES.get(name, OWN_VALUES))
-    return GroupSpec(pick.one(LRS), hyper, pick.chance())
+    return GroupSpec(pick.one(LRS), hyper, pick.chance(), pick.one([None, None, False, True]))
 
 
 @st.composite
@@ -426,10 +599,6 @@ _SEEDS = st.integers(0, 2**32 - 1)
 
 # --- the data, the runs and the comparison ---------------------------------------------
 
-SHAPES = ((), (5,), (3, 2, 2, 2), (3, 4))  # 0-d, 1-d, a conv weight, a strided view
-GROUP_OF = (0, 1, 0, 1)  # the param group of each tensor
-BASE_SHAPE = (7, 9)  # the view is base[1:5, 2:8:2].t()
-
 
 def _view(base: torch.Tensor) -> torch.Tensor:
     return base[1:5, 2:8:2].t()
@@ -447,19 +616,19 @@ class Data:
     active: list[list[bool]]
 
     @staticmethod
-    def make(seed: int) -> Data:
+    def make(seed: int, shapes: Sequence[tuple[int, ...]] = SHAPES) -> Data:
         rng = np.random.default_rng(seed)
-        init = [rng.standard_normal(shape) for shape in SHAPES]
+        init = [rng.standard_normal(shape) for shape in shapes]
         skip = rng.choice([0.0, 0.0, 0.1, 0.25])
         grads, active = [], []
         for _ in range(STEPS):
             scale = rng.choice([1e-3, 1.0, 1.0, 1e3])
             step = []
-            for shape in SHAPES:
+            for shape in shapes:
                 g = rng.standard_normal(shape) * scale
                 step.append(np.where(rng.random(shape) < 0.1, 0.0, g))  # some exact zeros
             grads.append(step)
-            active.append([bool(rng.random() >= skip) for _ in SHAPES])
+            active.append([bool(rng.random() >= skip) for _ in shapes])
         return Data(init, grads, active)
 
 
@@ -469,24 +638,30 @@ def _flat(arrays) -> np.ndarray:
 
 @dataclass
 class Trace:
-    """The flat parameter values after each step, and the final buffers; for the
-    interpreter, also the rounding scale of each step's parameters (see compare)."""
+    """The flat parameter values after each step, and the final buffers, each broadcast to
+    every element of its tensor (a number or a row average repeated); for the interpreter,
+    also the rounding scale of each step's parameters (see compare) and each buffer's
+    shape per tensor; for an optimizer, the elements of each buffer it keeps (a buffer
+    that a group's specialised program does not need is not kept)."""
 
     steps: list[np.ndarray]
     buffers: dict[str, np.ndarray]
     scales: list[np.ndarray] | None = None
+    shapes: dict[str, list[tuple[int, ...]]] | None = None  # interpreter: buffers' shapes
+    views: list[tuple[int, ...]] | None = None  # interpreter: the tensors' 2-D views
+    kept: dict[str, np.ndarray] | None = None  # optimizer: elements of each kept buffer
 
 
 def _tensors(data: Data) -> tuple[list[torch.Tensor], torch.Tensor]:
     base = torch.full(BASE_SHAPE, 7.0, dtype=torch.float64)
-    tensors = [torch.tensor(x, dtype=torch.float64) for x in data.init[:3]]
+    tensors = [torch.tensor(x, dtype=torch.float64) for x in data.init[:-1]]
     view = _view(base)
-    view.copy_(torch.from_numpy(data.init[3]))
+    view.copy_(torch.from_numpy(data.init[-1]))
     return [*tensors, view], base
 
 
 def _grad(g: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-    if like.dim() == 2:  # a non-contiguous gradient for the non-contiguous view
+    if like.dim() == 2:  # a non-contiguous gradient for a matrix
         return torch.from_numpy(np.ascontiguousarray(g.T)).t()
     return torch.from_numpy(g.copy())
 
@@ -495,11 +670,26 @@ def _optimizer(case: Case, tensors: list[torch.Tensor], **kwargs) -> nos.Optimiz
     groups = []
     for i, spec in enumerate(case.groups):
         lr = torch.tensor(spec.lr, dtype=torch.float64) if spec.tensor_lr else spec.lr
-        hyper = {} if case.defaults and i == 0 else spec.hyper
+        hyper = {} if case.defaults and i == 0 else dict(spec.hyper)
+        if spec.maximize is not None and not (case.defaults and i == 0):
+            hyper["maximize"] = spec.maximize
         groups.append({"params": [p for p, k in zip(tensors, GROUP_OF) if k == i], "lr": lr,
                        **hyper})
-    defaults = case.groups[0].hyper if case.defaults else {}
+    defaults = dict(case.groups[0].hyper) if case.defaults else {}
+    if case.defaults and case.groups[0].maximize is not None:
+        defaults["maximize"] = case.groups[0].maximize
     return nos.Optimizer(groups, case.rule, total_steps=case.total_steps, **defaults, **kwargs)
+
+
+def _as_view(value, view: tuple[int, ...]) -> np.ndarray:
+    """A buffer as the interpreter's flat comparison sees it: every element of the tensor's
+    2-D view (a number or a reduced tensor broadcast; None, a buffer not yet made, is 0)."""
+    if value is None or isinstance(value, float):
+        return np.full(view, value or 0.0)
+    array = value.detach().numpy()
+    if array.size == math.prod(view):
+        return array.reshape(view)
+    return np.broadcast_to(array.reshape((1,) * (len(view) - array.ndim) + array.shape), view)
 
 
 def run_optimizer(case: Case, data: Data, resume: bool = False, **kwargs) -> Trace:
@@ -527,14 +717,16 @@ def run_optimizer(case: Case, data: Data, resume: bool = False, **kwargs) -> Tra
     outside = torch.ones(BASE_SHAPE, dtype=torch.bool)
     _view(outside).fill_(False)
     assert torch.equal(base[outside], before[outside]), "the step wrote outside the view"
-    buffers = {}
-    for name in opt.program.buffers:  # a tensor never stepped has no state: its buffers are 0
-        buffers[name] = _flat(opt.state[p].get(name, torch.zeros_like(p)).numpy()
-                              for p in tensors)
-    for name in opt.program.scalar_state:  # a number kept per tensor, as the interpreter's array
-        buffers[name] = _flat(torch.full_like(p, opt.state[p].get(name, 0.0)).numpy()
-                              for p in tensors)
-    return Trace(steps, buffers)
+    buffers, kept = {}, {}
+    views = [matrix_shape(tuple(p.shape)) for p in tensors]
+    # a number kept per tensor is a float; a tensor never stepped has no state (its buffers
+    # are 0); a stepped tensor whose group's program does not need a buffer does not keep it
+    for name in (*opt.program.buffers, *opt.program.scalar_state):
+        values = [opt.state[p].get(name) for p in tensors]
+        buffers[name] = _flat(_as_view(v, view) for v, view in zip(values, views))
+        kept[name] = _flat(np.full(view, v is not None or not opt.state[p])
+                           for v, view, p in zip(values, views, tensors)) > 0
+    return Trace(steps, buffers, kept=kept)
 
 
 def _resumed(opt: nos.Optimizer, case: Case, tensors: list[torch.Tensor],
@@ -559,47 +751,50 @@ def _schedule(case: Case, groups: list[dict], k: int) -> None:
             group.update(case.values(1 - i))
 
 
-def _per_element(values: list, per_tensor: bool = False) -> np.ndarray:
-    """One value per group (or per tensor) as one value per element."""
-    sizes = [int(np.prod(shape)) for shape in SHAPES]
-    pick = range(len(SHAPES)) if per_tensor else GROUP_OF
-    return np.concatenate([np.full(n, values[k]) for n, k in zip(sizes, pick)])
+def _per_tensor(values: list) -> list:
+    """One value per group as one value per tensor."""
+    return [values[k] for k in GROUP_OF]
 
 
 PERTURBATION = 1e-15  # relative, of the state after each step (see unstable)
 
 
 def run_interpreter(case: Case, data: Data, dtype: type = np.float64,
-                    zeros: str | None = None, perturb: bool = False) -> Trace:
-    """The interpreter's trace; dtype, zeros and perturb are for the stability checks."""
+                    zeros: str | None = None, perturb: bool = False,
+                    nudge: float = 0.0) -> Trace:
+    """The interpreter's trace; dtype, zeros, perturb and nudge are for the stability
+    checks."""
     values = [case.values(k) for k in range(len(case.groups))]
     jitter = np.random.default_rng(case.seed)
-    hyper = {name: _per_element([v[name] for v in values]) for name in values[0]}
+    hyper = {name: _per_tensor([v[name] for v in values]) for name in values[0]}
+    maximize = _per_tensor([case.maximize(k) for k in range(len(case.groups))])
     w = _flat(data.init)
-    interp = Interpreter(case.rule, w.size, hyper, case.total_steps, dtype=dtype, zeros=zeros)
+    interp = Interpreter(case.rule, case.shapes, hyper, case.total_steps, dtype=dtype,
+                         zeros=zeros, nudge=nudge)
     steps, scales, moved = [], [], np.zeros(w.size)
     with np.errstate(all="ignore"):
         for k, (grads, active) in enumerate(zip(data.grads, data.active)):
-            lr = _per_element([g.lr * case.decay**k for g in case.groups])
+            lr = _per_tensor([g.lr * case.decay**k for g in case.groups])
             if case.swap and k == STEPS // 2:
-                interp.params.update({name: interp.full(_per_element([v[name] for v in
-                                                                      values[::-1]]))
+                interp.params.update({name: _per_tensor([v[name] for v in values[::-1]])
                                       for name in values[0]})
-            w = interp.step(w, _flat(grads), lr, _per_element(active, per_tensor=True) > 0)
+            w = interp.step(w, _flat(grads), lr, active, maximize)
             moved = moved + interp.step_size.astype(np.float64)
             scale = np.maximum(np.abs(w), np.nan_to_num(moved, posinf=0.0))
             if perturb:  # as an executor's roundings may, at the scale of the comparison
                 w = w + _jitter(jitter, scale)
-                interp.buffers = {name: b + _jitter(jitter, np.abs(b))
-                                  for name, b in interp.buffers.items()}
+                interp.buffers = {name: [b + _jitter(jitter, np.abs(b)) for b in per_tensor]
+                                  for name, per_tensor in interp.buffers.items()}
             steps.append(w.astype(np.float64))
             scales.append(scale)
-        buffers = {name: b.astype(np.float64) for name, b in interp.buffers.items()}
-    return Trace(steps, buffers, scales)
+        buffers = {name: interp.flat_buffer(name).astype(np.float64)
+                   for name in interp.buffers}
+    shapes = {name: [b.shape for b in per_tensor] for name, per_tensor in interp.buffers.items()}
+    return Trace(steps, buffers, scales, shapes, interp.views)
 
 
 def _jitter(jitter: np.random.Generator, scale: np.ndarray) -> np.ndarray:
-    return PERTURBATION * scale * jitter.choice([-1.0, 1.0], scale.size)
+    return PERTURBATION * scale * jitter.choice([-1.0, 1.0], np.shape(scale))
 
 
 def disagreement(actual: np.ndarray, expected: np.ndarray, tol: float,
@@ -615,6 +810,20 @@ def disagreement(actual: np.ndarray, expected: np.ndarray, tol: float,
     return (fa != fe) | (fa & fe & far)
 
 
+def _spread(finite: np.ndarray, views: list[tuple[int, ...]],
+            shapes: list[tuple[int, ...]]) -> np.ndarray:
+    """The elements where a buffer of these shapes (one per tensor) is compared: those whose
+    reduced elements (all of a tensor for a number) are all finite."""
+    out, start = [], 0
+    for view, shape in zip(views, shapes):
+        size = math.prod(view)
+        part = finite[start:start + size].reshape(view)
+        start += size
+        axes = tuple(k for k in range(len(view)) if not shape or shape[k] == 1)
+        out.append(np.broadcast_to(np.all(part, axis=axes, keepdims=True), view).reshape(-1))
+    return np.concatenate(out)
+
+
 def compare(actual: Trace, expected: Trace, tol: float,
             buffers: dict[str, np.ndarray | bool]) -> str | None:
     """None when the traces agree, else a description of the first disagreement; buffers
@@ -623,7 +832,8 @@ def compare(actual: Trace, expected: Trace, tol: float,
     The parameters after step k are compared at the scale max(1, |w_k|, sum over steps
     j <= k of |lr| * the magnitude of the update's additive parts): an executor may apply
     the parts of ``update = a - b`` as two steps, w - lr a + lr b, whose rounding is
-    that of lr a, not of lr (a - b).
+    that of lr a, not of lr (a - b).  A buffer is compared where the parameter never
+    diverged (for a reduced buffer: where none of the elements it reduces did).
     """
     scales = expected.scales or [None] * len(expected.steps)
     for k, (a, e) in enumerate(zip(actual.steps, expected.steps)):
@@ -634,11 +844,17 @@ def compare(actual: Trace, expected: Trace, tol: float,
     finite = np.all([np.isfinite(e) for e in expected.steps], axis=0)  # never diverged
     for name in sorted(buffers):
         a, e = actual.buffers[name], expected.buffers[name]
-        bad = disagreement(a, e, tol) & finite & buffers[name]
+        where = finite
+        if expected.shapes is not None and expected.views is not None:
+            where = _spread(finite, expected.views, expected.shapes[name])
+        bad = disagreement(a, e, tol) & where & buffers[name]
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             return f"buffer {name} after {STEPS} steps, element {i}: {a[i]!r} != {e[i]!r}"
     return None
+
+
+NUDGE = 1e-15  # relative, of each reduction's result (see unstable)
 
 
 def unstable(case: Case, data: Data, expected: Trace) -> str | None:
@@ -647,16 +863,19 @@ def unstable(case: Case, data: Data, expected: Trace) -> str | None:
     a random sign (float64 rounding, the sign of a zero), or at float64 with the state
     moved by 1e-15 of its scale after each step (the parameters at the scale compare
     uses: a value whose exactness matters, as (-2)^w at w = 1, or a rule that amplifies
-    what an executor may round differently)."""
+    what an executor may round differently) and every reduction's result moved up, then
+    down, by 1e-15 of the magnitude it sums (a sum whose sign is its rounding, as
+    sum(g - mean(g)) > 0, depends on the order of the additions)."""
     everything: dict[str, np.ndarray | bool] = dict.fromkeys(expected.buffers, True)
-    for zeros in ("+", "-", "random", None):
-        if zeros is None:
-            check = run_interpreter(case, data, perturb=True)
-        else:
-            check = run_interpreter(case, data, np.longdouble, zeros)
+    checks: list[tuple[str, dict]] = [
+        (zeros, {"dtype": np.longdouble, "zeros": zeros}) for zeros in ("+", "-", "random")]
+    checks += [("perturbed up", {"perturb": True, "nudge": NUDGE}),
+               ("perturbed down", {"perturb": True, "nudge": -NUDGE})]
+    for label, options in checks:
+        check = run_interpreter(case, data, **options)
         problem = compare(expected, check, STABLE, everything)
         if problem is not None:
-            return f"{zeros or 'perturbed'}: {problem}"
+            return f"{label}: {problem}"
     return None
 
 
@@ -665,22 +884,78 @@ EXECUTORS = {"foreach": {"foreach": True}, "reference": {"foreach": False}}
 RUNS = {**EXECUTORS, "foreach, resumed from a state_dict halfway": {"resume": True}}
 
 
+def switches(statements: Sequence[Statement]) -> set[str]:
+    """The params that decide a where by themselves (its condition reads only params and
+    tensor facts): each group's program is compiled for their values."""
+    params = {s.name for s in statements if s.kind == "param"}
+    found: set[str] = set()
+    for s in statements:
+        for node in s.expr.walk() if s.expr is not None else ():
+            if node.op == "where" and node.args[0].names() <= params | TENSOR_FACTS:
+                found |= node.args[0].names() & params
+    return found
+
+
+def programs(case: Case) -> list[Program]:
+    """The programs nos.Optimizer compiles for the example: the rule's own, and one for each
+    group (before and after a swap) and tensor facts, specialised for the group's zero params
+    and its switches' values (as nos.Optimizer._key does)."""
+    base = compile_rule(case.rule)
+    switched = sorted(base.switches - TENSOR_FACTS)
+    found = {id(base): base}
+    for values in (case.values(0), case.values(1)):
+        zeros = frozenset(name for name in base.params if values[name] == 0)
+        for shape in case.shapes:
+            facts = tensor_facts(shape)
+            fixed = tuple((name, float(values[name])) for name in switched if name not in zeros)
+            fixed += tuple((name, float(facts[name])) for name in sorted(base.switches)
+                           if name in TENSOR_FACTS)
+            program = compile_rule(case.rule, zeros, fixed=fixed)
+            found[id(program)] = program
+    return list(found.values())
+
+
+def known_bug(case: Case) -> str | None:
+    """Which open nos bug the example would meet, if any (each has a strict xfail test,
+    test_known_bug_*: when a bug is fixed, its test fails, and its clause here goes)."""
+    statements = case.rule.expanded().statements
+    switched = switches(statements)
+    if switched - names_read(live_statements(statements)):
+        return "a param that switches a where only in dead code (KeyError)"
+    if case.swap and any(case.values(0)[p] != case.values(1)[p] for p in switched):
+        return "a switch changed halfway (the buffers of the branch not taken were not kept)"
+    for program in programs(case):
+        for i in program.tensor_code:
+            if i.op in REDUCES_STORED and program.shape(i.args[0]) != FULL:
+                return f"{i.op} of a value stored reduced (it reduces the stored elements)"
+    return None
+
+
+# What a reduction or newton_schulz of a row average, a column average or a number per
+# tensor gives depends on whether it sees the stored elements or every element: the mean,
+# rms, amax and the row and column means are the same either way; these are not.
+REDUCES_STORED = frozenset({"sum", "norm", "newton_schulz"})
+
+
 def check_case(case: Case, executors: dict[str, dict]) -> None:
     """Every executor agrees with the interpreter.  A disagreement on an example whose
     reference is unstable (see unstable) is no failure: hypothesis rejects the example.
-    (Stability is checked only then: it costs three more runs of the interpreter.)"""
-    data = Data.make(case.seed)
+    (Stability is checked only then: it costs five more runs of the interpreter.)  So are
+    the examples that meet a known, open bug of nos (see known_bug)."""
+    if known_bug(case) is not None:
+        reject()
+    data = Data.make(case.seed, case.shapes)
     expected = run_interpreter(case, data)
     for label, kwargs in executors.items():
         actual = run_optimizer(case, data, **kwargs)
-        problem = compare(actual, expected, TOLERANCE, dict.fromkeys(actual.buffers, True))
+        problem = compare(actual, expected, TOLERANCE, actual.kept or {})
         if problem is not None and unstable(case, data, expected) is not None:
             reject()
         assert problem is None, f"{label}: {problem}\nrule:\n{case.text}\n{case}"
 
 
-EXAMPLES, SLOW_EXAMPLES = 2000, 100_000
-FUSED_EXAMPLES, SLOW_FUSED_EXAMPLES = 6, 200
+EXAMPLES, SLOW_EXAMPLES = 1500, 100_000
+FUSED_EXAMPLES, SLOW_FUSED_EXAMPLES = 4, 200
 
 
 def _run(count: int, derandomize: bool, strategy: st.SearchStrategy[Case],
@@ -722,14 +997,18 @@ ALL_EXECUTORS = {**EXECUTORS, "fused": {"fused": True}}
 
 
 def _check_rule(text: str, hyper: dict[str, float] | None = None, lr: float = 0.1,
-                fused: bool = False) -> None:
+                fused: bool = False, groups: tuple[GroupSpec, GroupSpec] | None = None,
+                **options) -> None:
     """The rule agrees with the interpreter on every executor (fused on request: slow), on
-    data (seed 5) where the interpreter's reference is stable for every rule here."""
-    case = Case(text, (GroupSpec(lr, hyper or {}), GroupSpec(lr / 2, {})), 4, seed=5)
-    data = Data.make(case.seed)
+    data (seed 5) where the interpreter's reference is stable for every rule here; the
+    groups are (lr, hyper) and (lr / 2, defaults) unless given; options go to Case."""
+    groups = groups or (GroupSpec(lr, hyper or {}), GroupSpec(lr / 2, {}))
+    case = Case(text, groups, 4, seed=5, **options)
+    assert known_bug(case) is None, known_bug(case)
+    data = Data.make(case.seed, case.shapes)
     problem = unstable(case, data, run_interpreter(case, data))
     assert problem is None, f"not a usable regression rule: {problem}"
-    check_case(case, ALL_EXECUTORS if fused else EXECUTORS)
+    check_case(case, ALL_EXECUTORS if fused else RUNS)
 
 
 def _one_step(text: str, g: list[float], w: list[float] | None = None,
@@ -903,3 +1182,346 @@ def test_drop_zeroes_a_fraction_p_and_scales_the_rest(options, p):
         zero = u == 0
         assert abs(zero.mean() - p) < 5 * math.sqrt(p * (1 - p) / RANDOM_SIZE)
         np.testing.assert_allclose(u[~zero], 2.0 / (1 - p), rtol=1e-15)
+
+
+# --- the tensor-level constructs, one at a time ------------------------------------------
+
+
+def _agree(text: str, shapes: Sequence[tuple[int, ...]], executors: dict[str, dict] | None = None,
+           steps: int = 4, lr: float = 0.1, maximize: bool = False, **hyper) -> nos.Optimizer:
+    """Every executor (one group of float64 tensors of these shapes, seeded N(0, 1) data)
+    agrees with the interpreter: the parameters after each step and the buffers at the
+    end, at TOLERANCE.  Returns the last optimizer."""
+    rng = np.random.default_rng(7)
+    init = [rng.standard_normal(shape) for shape in shapes]
+    grads = [[rng.standard_normal(shape) for shape in shapes] for _ in range(steps)]
+    interp = Interpreter(nos.parse(text), shapes, hyper)
+    expected, w = [], _flat(init)
+    for k in range(steps):
+        w = interp.step(w, _flat(grads[k]), lr, maximize=maximize)
+        expected.append(w)
+    views = [matrix_shape(tuple(shape)) for shape in shapes]
+    for label, options in (executors or ALL_EXECUTORS).items():
+        tensors = [torch.tensor(x) for x in init]
+        opt = nos.Optimizer(tensors, text, lr=lr, maximize=maximize, **hyper, **options)
+        for k in range(steps):
+            for p, g in zip(tensors, grads[k]):
+                p.grad = torch.tensor(g)
+            opt.step()
+            actual = _flat(p.detach().numpy() for p in tensors)
+            bad = disagreement(actual, expected[k], TOLERANCE)
+            assert not bad.any(), (label, k, actual[bad], expected[k][bad])
+        for name in (*opt.program.buffers, *opt.program.scalar_state):
+            actual = _flat(_as_view(opt.state[p].get(name), view)
+                           for p, view in zip(tensors, views))
+            bad = disagreement(actual, interp.flat_buffer(name), TOLERANCE)
+            assert not bad.any(), (label, name, actual[bad], interp.flat_buffer(name)[bad])
+    return opt
+
+
+def test_the_interpreter_knows_every_operation_and_primitive():
+    """An operation or primitive added to nos fails here until the interpreter (and the
+    generator) know it."""
+    from nos.lang.ops import OPS
+    from nos.lang.tree import PRIMITIVES
+
+    assert set(OPS) <= LANGUAGE, sorted(set(OPS) - LANGUAGE)
+    names = [name for name in PRIMITIVES if name not in ("noise", "annealed_noise")]
+    rule = nos.parse("update = " + " + ".join(names) + " + max(noise, 50) + "
+                     "min(annealed_noise, -50)")
+    interp = Interpreter(rule, [(2, 3)], total_steps=4)
+    assert np.isfinite(interp.step(np.zeros(6), np.ones(6), 0.1)).all()
+
+
+@pytest.mark.parametrize("op", ["<", "<=", ">", ">=", "==", "!="])
+def test_comparisons_are_one_or_zero_and_false_for_nan_except_not_equal(op):
+    rule = f"update = (g {op} 0.5) + 2 * (log(g) {op} w) + 4 * (g {op} g) + 8 * (0 {op} g)"
+    _check_rule(rule)
+    for result in _one_step(f"(log(g) {op} 1) + 2 * (1 {op} log(g))", [-1.0]):  # log(-1) = nan
+        assert result == [-3.0 if op == "!=" else 0.0], (op, result)
+
+
+def test_where_takes_a_where_the_condition_is_nonzero_and_nan_counts_as_nonzero():
+    _check_rule("update = where(g > 0, g, w) + where(g, 1, 2) + where(log(g), 3, 4)")
+    for result in _one_step("where(log(g), 1, 2) + where(g - g, 4, 8)", [-1.0, 0.0, 1.0]):
+        assert result == [-9.0, -9.0, -10.0], result  # log(-1) is nan, log(0) is -inf
+
+
+def test_lerp_is_torch_lerps_formula_on_both_sides_of_one_half():
+    _check_rule("state m = lerp(m, g, 0.1)\nupdate = lerp(m, w, 0.7) + lerp(g, m, g) + "
+                "lerp(w, 2, 0.3)")
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean", "norm", "rms", "amax"])
+def test_a_per_tensor_reduction_is_one_number_broadcast_back(reduction):
+    _check_rule(f"update = g / (1 + abs({reduction}(g))) + 0.1 * {reduction}(w) + "
+                f"{reduction}(3)")
+
+
+def test_amax_is_nan_when_an_element_is_nan():
+    for result in _one_step("amax(log(g))", [1.0, -1.0, 2.0]):
+        assert _same(result, [math.nan] * 3), result
+
+
+def test_row_and_column_means_broadcast_back_and_into_outer_products():
+    _check_rule("update = rowmean(g) + colmean(w) + g / sqrt(rowmean(g^2) * colmean(g^2)) + "
+                "mean(rowmean(g)) + rms(colmean(w)) + amax(rowmean(w)) + colmean(rowmean(g))")
+
+
+@pytest.mark.parametrize("bits", [64, 0])
+def test_newton_schulz_in_float64(bits):
+    _check_rule("state b = lerp(b, g, 0.05)\n"
+                f"update = newton_schulz(lerp(g, b, 0.95), 3.4445, -4.775, 2.0315, 5, 1e-7, "
+                f"{bits}) * sqrt(max(1, rows / cols)) + 0.1 * w")
+    _check_rule(f"update = newton_schulz(rowmean(g) + colmean(w), 1.5, -0.5, 0, 3, 0.1, {bits})")
+
+
+def test_primitives_of_the_step_and_of_the_tensor():
+    _check_rule("update = g * lr + w * ndim + rows - cols / numel + machine_eps * 1e15")
+    assert tensor_facts(()) == {"ndim": 0, "rows": 1, "cols": 1, "numel": 1,
+                                "machine_eps": 2.0**-52}
+    assert tensor_facts((5,))["rows"] == 5 and tensor_facts((5,))["cols"] == 1
+    assert tensor_facts((2, 4, 3)) == {"ndim": 3, "rows": 4, "cols": 3, "numel": 24,
+                                       "machine_eps": 2.0**-52}
+
+
+def test_the_new_constructs_on_the_fused_path():
+    """One torch.compile of a rule with every new construct but newton_schulz, one of a rule
+    with it (matrices)."""
+    _agree("param p = 0.5 in [0, 1]\nstate r = lerp(r, rowmean(g^2), 0.1)\n"
+           "state c = lerp(c, colmean(g^2), 0.1)\nstate n = where(t == 1, 1, n) * 0.9\n"
+           "let v = where(ndim >= 2, r * c / mean(r), r)\n"
+           "update = where(p, g / sqrt(v), g) * n * lr + (g > 0) * rms(w) + amax(g) - "
+           "norm(g) / numel + lerp(w, g, 0.7) * machine_eps",
+           [(2, 4, 3), (3, 4)], {"fused": {"fused": True}}, steps=3)
+    _check_rule("update = newton_schulz(g, 3.4445, -4.775, 2.0315, 5, 1e-7, 0) + "
+                "where(rows > cols, 1, 2) * w", fused=True)
+
+
+# --- where switched by a param: each group's program is compiled for its value -------------
+
+ADAM_AMSGRAD = """param amsgrad = 0 in [0, 1]
+param beta1 = 0.9 in [0, 1)
+param beta2 = 0.999 in [0, 1)
+state m = lerp(m, g, 1 - beta1)
+state v = beta2 * v + (1 - beta2) * g^2
+state vmax = where(amsgrad, max(vmax, v), 0)
+update = m / (1 - beta1^t) / (sqrt(where(amsgrad, vmax, v) / (1 - beta2^t)) + 1e-8)"""
+
+
+@pytest.mark.parametrize("amsgrad", [0.0, 1.0])
+def test_where_switched_by_a_param_in_groups_of_either_value(amsgrad):
+    """Groups with amsgrad 0 and 1 in one optimizer (and each value as the optimizer's
+    default), as the unspecialised rule means them."""
+    both = (GroupSpec(0.1, {"amsgrad": amsgrad}), GroupSpec(0.05, {"amsgrad": 1 - amsgrad}))
+    _check_rule(ADAM_AMSGRAD, groups=both)
+    _check_rule(ADAM_AMSGRAD, groups=both, defaults=True)
+    _check_rule(ADAM_AMSGRAD, groups=(GroupSpec(0.1, {"amsgrad": amsgrad}), GroupSpec(0.1, {})),
+                defaults=True)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_where_switched_by_a_comparison_of_a_param_or_a_tensor_fact(momentum):
+    rule = ("param momentum = 0.9 in [0, 1)\nstate buf = momentum * buf + g\n"
+            "update = where(momentum > 0, buf, g) + where(ndim >= 2, 0.5, 2) * "
+            "where(rows > cols, w, -w)")
+    _check_rule(rule, groups=(GroupSpec(0.1, {"momentum": momentum}),
+                              GroupSpec(0.1, {"momentum": 0.9 - momentum})))
+
+
+# --- numbers and reduced shapes kept per tensor -------------------------------------------
+
+
+def test_a_state_of_no_tensor_is_a_number_per_tensor():
+    rule = "state c = where(t == 1, 1, c) * 0.9\nupdate = c * g"
+    _check_rule(rule)
+    opt = _agree(rule, [(3,), (2, 2)], steps=3)
+    for p in opt.param_groups[0]["params"]:
+        assert isinstance(opt.state[p]["c"], float), opt.state[p]["c"]
+        assert opt.state[p]["c"] == pytest.approx(0.9**3, rel=1e-15)
+    _check_rule("param beta = 0.9 in [0, 1)\nstate c = where(t == 1, 1, c) * beta\n"
+                "state s = s + numel * lr\nupdate = g / (1 - c) + s * w",
+                groups=(GroupSpec(0.1, {"beta": 0.5}), GroupSpec(0.2, {})))
+
+
+ROW_COL = ("state r = lerp(r, rowmean(g^2), 0.1)\nstate c = lerp(c, colmean(g^2), 0.1)\n"
+           "update = g / sqrt(r * c / mean(r)) + rms(r) + amax(c) + colmean(r)")
+
+
+def test_row_and_column_states_keep_their_shape_on_matrices_and_3d_tensors():
+    opt = _agree(ROW_COL, [(2, 4, 3), (3, 4)])
+    shapes = [(tuple(opt.state[p]["r"].shape), tuple(opt.state[p]["c"].shape))
+              for p in opt.param_groups[0]["params"]]
+    assert shapes == [((2, 4, 1), (2, 1, 3)), ((3, 1), (1, 4))]
+
+
+def test_row_and_column_states_of_vectors_and_zero_dimensional_tensors():
+    """A vector of n is a column (n, 1): its row state has n elements, its column state one
+    (they were made in the vector's own shape: the step failed)."""
+    _agree(ROW_COL, [(5,), ()], EXECUTORS)
+    _check_rule(ROW_COL)
+
+
+def test_drop_of_a_reduced_value_has_the_parameters_shape():
+    """drop(sum(g), p) draws a mask of the parameter's shape: the result is full (it was
+    labelled with sum's shape, and the in-place step failed)."""
+    _agree("state s = drop(sum(g), 0)\nupdate = drop(rowmean(g), 0) + s + 2 * drop(sum(g), 1)",
+           [(3,), (2, 3)], EXECUTORS)
+
+
+def test_reductions_of_zero_dimensional_tensors():
+    _agree("state s = s + norm(g)\nupdate = sum(g) + mean(g) + norm(w) + rms(g) + amax(g) + "
+           "rowmean(g) + colmean(w) + s + ndim + rows + cols", [(), ()])
+
+
+def test_lerp_of_two_numbers_by_a_tensor_weight():
+    """lerp(1, 2, g) called torch.full_like on a number (TypeError)."""
+    _agree("state s = lerp(1, t, g)\nupdate = lerp(1, 2, g) + lerp(lr, 1, w) + s", [(3,), ()])
+
+
+def test_a_number_per_tensor_filled_into_a_full_buffer_on_the_multi_tensor_path():
+    """The ndim >= 2 program fills the buffer with norm(g): torch._foreach_norm gives a tuple,
+    which the multi-tensor fill took as one value (TypeError)."""
+    _agree("state s = where(ndim >= 2, norm(g), g)\nupdate = g + s", [(3, 4), (2, 3), (5,)])
+
+
+# --- lr and maximize ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["float lr", "tensor lr"])
+def test_lr_is_the_groups_learning_rate_at_this_step_under_a_scheduler(tensor_lr):
+    rule = ("state size = where(t == 1, lr, size) * 1.1\n"
+            "update = sign(g) * size / lr + g * lr")
+    shapes = [(3,), (2, 2)]
+    rng = np.random.default_rng(3)
+    init = [rng.standard_normal(shape) for shape in shapes]
+    for options in ALL_EXECUTORS.values():
+        tensors = [torch.tensor(x) for x in init]
+        lr = torch.tensor(0.5, dtype=torch.float64) if tensor_lr else 0.5
+        opt = nos.Optimizer(tensors, rule, lr=lr, **options)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.8**k)
+        interp, w = Interpreter(nos.parse(rule), shapes), _flat(init)
+        for _ in range(4):
+            grads = [rng.standard_normal(shape) for shape in shapes]
+            for p, g in zip(tensors, grads):
+                p.grad = torch.tensor(g)
+            w = interp.step(w, _flat(grads), float(opt.param_groups[0]["lr"]))
+            opt.step()
+            schedule.step()
+            actual = _flat(p.detach().numpy() for p in tensors)
+            assert not disagreement(actual, w, TOLERANCE).any(), (options, actual, w)
+        assert isinstance(opt.param_groups[0]["lr"], torch.Tensor) == tensor_lr
+
+
+def test_maximize_steps_up_the_gradient_per_group_too():
+    _agree("state m = lerp(m, g, 0.1)\nupdate = m + sign(g) + where(g > 0, 1, 0)", [(3,), (2, 2)],
+           maximize=True)
+    _check_rule("state m = lerp(m, g, 0.1)\nstate n = n + (g > 0)\nupdate = m + sum(g) * n",
+                groups=(GroupSpec(0.1, {}, maximize=True), GroupSpec(0.05, {}, maximize=False)))
+    _check_rule("update = adam + sum(g) * 0", defaults=True,
+                groups=(GroupSpec(0.1, {}, maximize=True), GroupSpec(0.05, {})))
+
+
+# --- newton_schulz: 2-D parameters only, and torch's bfloat16 iteration -------------------
+
+MUON_NS = "newton_schulz(g, 3.4445, -4.775, 2.0315, 5, 1e-7, {bits})"
+
+
+def test_newton_schulz_refuses_parameters_that_are_not_matrices():
+    rule = "update = " + MUON_NS.format(bits=64)
+    with pytest.raises(ValueError, match=r"newton_schulz needs 2-D parameters; parameter 1 of "
+                                         r"group 0 has shape \(3,\)"):
+        nos.Optimizer([torch.zeros(2, 2), torch.zeros(3)], rule)
+    opt = nos.Optimizer([torch.zeros(2, 2)], rule)
+    with pytest.raises(ValueError, match=r"parameter 0 of group 1 has shape \(2, 2, 2\)"):
+        opt.add_param_group({"params": [torch.zeros(2, 2, 2)]})
+    with pytest.raises(ValueError, match=r"parameter 0 of group 0 has shape \(\)"):
+        nos.Optimizer([torch.zeros(())], rule)
+
+
+def zeropower_via_newtonschulz(grad: torch.Tensor, a: float, b: float, c: float, steps: int,
+                               eps: float, dtype: torch.dtype) -> torch.Tensor:
+    """torch.optim._muon._zeropower_via_newtonschulz, written out, in ``dtype`` (torch's is
+    bfloat16)."""
+    ortho_grad = grad.to(dtype)
+    if grad.size(0) > grad.size(1):
+        ortho_grad = ortho_grad.T
+    ortho_grad.div_(ortho_grad.norm().clamp(min=eps))
+    for _ in range(steps):
+        gram_matrix = ortho_grad @ ortho_grad.T
+        gram_update = torch.addmm(gram_matrix, gram_matrix, gram_matrix, beta=b, alpha=c)
+        ortho_grad = torch.addmm(ortho_grad, gram_update, ortho_grad, beta=a)
+    if grad.size(0) > grad.size(1):
+        ortho_grad = ortho_grad.T
+    return ortho_grad
+
+
+@pytest.mark.parametrize("bits,dtype", [(16, torch.bfloat16), (32, torch.float32)])
+def test_newton_schulz_in_bfloat16_and_float32_is_torchs_iteration(bits, dtype):
+    """NumPy has no bfloat16: the low-precision iterations are checked against torch's own
+    (the same operations in the same order: the same bits), on every executor."""
+    rule = "update = " + MUON_NS.format(bits=bits)
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=generator, dtype=torch.float64) * 10
+             for shape in ((3, 4), (6, 2), (8, 8))]
+    expected = [zeropower_via_newtonschulz(g, 3.4445, -4.775, 2.0315, 5, 1e-7, dtype)
+                for g in grads]
+    if bits == 16:
+        try:
+            from torch.optim._muon import _zeropower_via_newtonschulz as torchs
+        except ImportError:
+            torchs = None
+        if torchs is not None:
+            for g, e in zip(grads, expected):
+                assert torch.equal(torchs(g, (3.4445, -4.775, 2.0315), 5, 1e-7), e)
+    for options in ALL_EXECUTORS.values():
+        params = [torch.zeros_like(g) for g in grads]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        nos.Optimizer(params, rule, lr=1.0, **options).step()
+        for p, e in zip(params, expected):
+            assert torch.equal(-p, e.to(torch.float64)), (options, p, e)
+
+
+# --- known bugs of nos (the generator avoids them: see known_bug) -------------------------
+
+
+@pytest.mark.xfail(strict=True, raises=KeyError,
+                   reason="nos: a param that switches a where only in dead code is read from "
+                          "the group's live params (Optimizer._key): KeyError")
+def test_known_bug_switch_param_read_only_by_dead_code():
+    _agree("param p = 0 in [0, 1]\nlet unused = where(p, g, w)\nupdate = g", [(3,)])
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="nos: sum, norm and newton_schulz of a value stored reduced (a row or "
+                          "column average, a number per tensor) reduce the stored elements, not "
+                          "every element, and a program specialised for a group's params may "
+                          "store a value reduced that the rule's own program stores full")
+@pytest.mark.parametrize("rule", [
+    "update = g + sum(rowmean(g))",
+    "update = g + norm(colmean(g))",
+    "update = g + sum(sum(g))",
+    "update = newton_schulz(rowmean(g), 1.5, -0.5, 0, 3, 0.1, 64)",
+    "param p = 0 in [0, 1]\nupdate = g + sum(where(p, g, rowmean(g)))",
+    "param p = 0 in [0, 1]\nupdate = g + norm(rowmean(g) + p * w)"],
+    ids=["sum of a row mean", "norm of a column mean", "sum of a sum",
+         "newton_schulz of a row mean", "where folded to a row mean", "p * w folded to 0"])
+def test_known_bug_reductions_of_values_stored_reduced(rule):
+    _agree(rule, [(3, 4)], EXECUTORS)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="nos (to decide): a switch changed between steps starts the buffers "
+                          "of the branch now taken from where they were left (0, or stale), "
+                          "where the unspecialised rule kept them up to date")
+def test_known_bug_switch_changed_between_steps():
+    rule = "param p = 0 in [0, 1]\nstate s = s + g\nupdate = where(p, s, g)"
+    case = Case(rule, (GroupSpec(0.1, {"p": 0.0}), GroupSpec(0.1, {"p": 1.0})), 4, seed=5,
+                swap=True)
+    data = Data.make(case.seed, case.shapes)
+    expected = run_interpreter(case, data)
+    for label, options in RUNS.items():
+        actual = run_optimizer(case, data, **options)
+        problem = compare(actual, expected, TOLERANCE, actual.kept or {})
+        assert problem is None, f"{label}: {problem}"

@@ -44,7 +44,7 @@ def switches(rule: Rule) -> frozenset[str]:
     (``where(amsgrad, a, b)``, ``where(momentum > 0, a, b)``, ``where(ndim >= 2, a, b)``):
     a group's program is compiled for their values, so the branch not taken costs nothing,
     not even its buffers."""
-    statements = rule.expanded().statements
+    statements = live_statements(rule.expanded().statements)
     params = {s.name for s in statements if s.kind == "param"} | TENSOR_FACTS
     found: set[str] = set()
     for s in statements:

@@ -29,6 +29,9 @@ ROW = frozenset({"row"})  # the last dimension reduced
 COL = frozenset({"col"})  # the second-to-last dimension reduced
 ONE = frozenset({"row", "col", "lead"})  # one number per tensor (a 0-d tensor)
 REDUCED = {"all": ONE, "row": ROW, "col": COL}
+# The operations whose result depends on how many elements hold a value (the others, mean,
+# rms, amax, rowmean and colmean, give the same on a reduced value as on it broadcast).
+WHOLE = frozenset({"sum", "norm", "newton_schulz"})
 
 
 def broadcast(*shapes: frozenset[str]) -> frozenset[str]:
@@ -234,6 +237,11 @@ class ProgramBuilder:
                              random=True, shape=FULL)  # a mask of the parameter's shape
         if not op.elementwise:
             args = (self.tensorize(args[0]),) + args[1:]
+            if node.op in WHOLE and self.shape(args[0]) != FULL:
+                # a reduced value stands for its value at every element: sum(rowmean(g)) is
+                # sum(g), as if the row were broadcast (and a group's program, which may
+                # narrow a shape, agrees with the rule's)
+                args = (self.emit("fill", (args[0],), kind=TENSOR, shape=FULL),) + args[1:]
         return self.emit(node.op, args)
 
     def tensorize(self, slot: int, shape: frozenset[str] = FULL) -> int:

@@ -25,8 +25,8 @@ PRIMITIVES: dict[str, str] = {
     "ld": "linear decay max(0, (T - s) / T), s = t - 1 clamped to T",
     "lr": "the learning rate of the parameter's group at this step",
     "ndim": "the parameter's number of dimensions",
-    "rows": "the number of rows of the parameter's 2-D view (size(-2); 1 for a vector)",
-    "cols": "the number of columns of the parameter's 2-D view (size(-1); n for a vector of n)",
+    "rows": "the number of rows of the parameter's 2-D view (size(-2); n for a vector of n)",
+    "cols": "the number of columns of the parameter's 2-D view (size(-1); 1 for a vector)",
     "numel": "the parameter's number of elements",
     "machine_eps": "the machine epsilon of the parameter's dtype (2^-52 for float64)",
 }

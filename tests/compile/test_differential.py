@@ -197,22 +197,16 @@ Bugs the generator found (each has a regression test below, a small explicit rul
     torch.full_like on a number.  Fix (nos/lang/ops.py): the ends take the weight's
     shape.
 
-Open bugs the generator found (``known_bug`` rejects the examples that meet them; each
-has a strict xfail test, test_known_bug_*, that fails once the bug is fixed):
-- ``param p = 0; let unused = where(p, g, w); update = g``: KeyError 'p': a switch read
-  only by dead code is looked up among the live params (nos.optim.Optimizer._key).
-- ``sum(rowmean(g))``, ``norm(colmean(g))``, ``sum(sum(g))``, ``newton_schulz(rowmean(g),
-  ...)``: the compiler reduces the stored elements (the rows' means once each), where the
-  rule means every element (sum(rowmean(g)) = sum(g)); and a program specialised for a
-  group's params may store reduced what the rule's own program stores full:
-  ``sum(where(p, g, rowmean(g)))`` and ``norm(rowmean(g) + p * w)`` for p = 0 (the
-  folded where and ``w * 0 = 0`` drop the operand that made the value full).  Fix, in
-  the compiler: expand a reduced operand of sum, norm and newton_schulz to the full
-  shape (mean, rms, amax, rowmean and colmean are the same either way).
-- To decide: a switch changed between steps (``update = where(p, s, g)`` with ``state s
-  = s + g``, p from 0 to 1 halfway): the buffers only the branch now taken reads were
-  not kept up to date while the other branch ran (they start from 0, or from where they
-  were left), where the rule, unspecialised, kept them.
+Fixed since: 15. a switch read only by dead code was looked up among the live params
+(KeyError); switches are now found in the live statements.  16. ``sum``, ``norm`` and
+``newton_schulz`` of a value stored reduced (``sum(rowmean(g))``) reduced the stored
+elements, and a group's program could narrow a value the rule's stores full; the
+compiler now broadcasts their operand to the full shape first.
+
+By design (``known_bug`` rejects these examples; a strict xfail test records it): a
+switch changed between steps (``update = where(p, s, g)`` with ``state s = s + g``, p
+from 0 to 1 halfway) starts the buffers only the branch now taken reads from where they
+were left (0, or stale): a group's program keeps only the branch its switches take.
 """
 
 from __future__ import annotations
@@ -232,9 +226,9 @@ from hypothesis import strategies as st
 
 import nos
 from nos.compile.compiler import compile_rule
-from nos.compile.program import FULL, Program
+from nos.compile.program import Program
 from nos.lang.rule import Rule
-from nos.lang.tree import TENSOR_FACTS, Statement, live_statements, names_read
+from nos.lang.tree import TENSOR_FACTS, Statement
 from tests.compile.interpreter import LANGUAGE, Interpreter, matrix_shape, tensor_facts
 
 STEPS = 10
@@ -920,21 +914,12 @@ def known_bug(case: Case) -> str | None:
     test_known_bug_*: when a bug is fixed, its test fails, and its clause here goes)."""
     statements = case.rule.expanded().statements
     switched = switches(statements)
-    if switched - names_read(live_statements(statements)):
-        return "a param that switches a where only in dead code (KeyError)"
     if case.swap and any(case.values(0)[p] != case.values(1)[p] for p in switched):
         return "a switch changed halfway (the buffers of the branch not taken were not kept)"
-    for program in programs(case):
-        for i in program.tensor_code:
-            if i.op in REDUCES_STORED and program.shape(i.args[0]) != FULL:
-                return f"{i.op} of a value stored reduced (it reduces the stored elements)"
     return None
 
 
-# What a reduction or newton_schulz of a row average, a column average or a number per
-# tensor gives depends on whether it sees the stored elements or every element: the mean,
-# rms, amax and the row and column means are the same either way; these are not.
-REDUCES_STORED = frozenset({"sum", "norm", "newton_schulz"})
+
 
 
 def check_case(case: Case, executors: dict[str, dict]) -> None:
@@ -1486,18 +1471,10 @@ def test_newton_schulz_in_bfloat16_and_float32_is_torchs_iteration(bits, dtype):
 # --- known bugs of nos (the generator avoids them: see known_bug) -------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="nos: a param that switches a where only in dead code is read from "
-                          "the group's live params (Optimizer._key): KeyError")
-def test_known_bug_switch_param_read_only_by_dead_code():
+def test_a_switch_param_read_only_by_dead_code():
     _agree("param p = 0 in [0, 1]\nlet unused = where(p, g, w)\nupdate = g", [(3,)])
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="nos: sum, norm and newton_schulz of a value stored reduced (a row or "
-                          "column average, a number per tensor) reduce the stored elements, not "
-                          "every element, and a program specialised for a group's params may "
-                          "store a value reduced that the rule's own program stores full")
 @pytest.mark.parametrize("rule", [
     "update = g + sum(rowmean(g))",
     "update = g + norm(colmean(g))",
@@ -1507,14 +1484,14 @@ def test_known_bug_switch_param_read_only_by_dead_code():
     "param p = 0 in [0, 1]\nupdate = g + norm(rowmean(g) + p * w)"],
     ids=["sum of a row mean", "norm of a column mean", "sum of a sum",
          "newton_schulz of a row mean", "where folded to a row mean", "p * w folded to 0"])
-def test_known_bug_reductions_of_values_stored_reduced(rule):
+def test_reductions_of_values_stored_reduced_count_every_element(rule):
     _agree(rule, [(3, 4)], EXECUTORS)
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="nos (to decide): a switch changed between steps starts the buffers "
-                          "of the branch now taken from where they were left (0, or stale), "
-                          "where the unspecialised rule kept them up to date")
+                   reason="by design (README): a switch changed between steps starts the "
+                          "buffers of the branch now taken from where they were left (0, or "
+                          "stale); a group's program keeps only the branch its switches take")
 def test_known_bug_switch_changed_between_steps():
     rule = "param p = 0 in [0, 1]\nstate s = s + g\nupdate = where(p, s, g)"
     case = Case(rule, (GroupSpec(0.1, {"p": 0.0}), GroupSpec(0.1, {"p": 1.0})), 4, seed=5,

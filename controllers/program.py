@@ -45,9 +45,13 @@ from .trees import Vocabulary, pick
 
 
 def resolve_rule(source: str) -> Rule:
-    """A named rule (``adamw``) or rule text, parsed."""
+    """A named rule (``adamw``) or rule text, parsed.  A named rule is the variant its
+    keywords' defaults pick (torch's AdamW without its amsgrad branch): a search mutates
+    the rule it trains, not the switches it never turns."""
+    from nos.optim.keywords import variant
+
     named = baselines()
-    return named[source].rule if source in named else parse(source)
+    return variant(named[source].rule, {}, source) if source in named else parse(source)
 
 
 @dataclass(frozen=True)

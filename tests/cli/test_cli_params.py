@@ -67,9 +67,9 @@ def test_an_integer_literal_stays_an_int():
 
 
 def test_options_become_keyword_arguments_in_order():
-    params = parse_param_options(["betas=0.9,0.95", "wd=0.1", "amsgrad=true",
+    params = parse_param_options(["betas=0.9,0.95", "weight_decay=0.1", "amsgrad=true",
                                   "adjust_lr_fn=match_rms_adamw", "eps=none", "k = 2"])
-    assert params == {"betas": (0.9, 0.95), "wd": 0.1, "amsgrad": True,
+    assert params == {"betas": (0.9, 0.95), "weight_decay": 0.1, "amsgrad": True,
                       "adjust_lr_fn": "match_rms_adamw", "eps": None, "k": 2}
     assert parse_param_options(None) == {} and parse_param_options([]) == {}
 
@@ -112,7 +112,7 @@ def test_malformed_options_are_refused_in_one_line(options, words):
     ({"beta1": 1.5}, ["beta1=1.5 for rule adam: ", "Invalid beta1: 1.5, must be in [0, 1)"]),
     ({"betas": (0.9, 0.9, 0.9)}, ["betas=0.9,0.9,0.9 for rule adam: ", "betas"]),
     ({"bogus": 1}, ["bogus=1 for rule adam", "'bogus'"]),  # the optimizer's words
-    ({"wd": 0.1, "eps": -1.0}, ["eps=-1.0 for rule adam", "Invalid eps"]),
+    ({"weight_decay": 0.1, "eps": -1.0}, ["eps=-1.0 for rule adam", "Invalid eps"]),
     ({"lr": 0.1}, ["lr=0.1 for rule adam", "sets this keyword itself"]),
 ])
 def test_check_names_the_key_and_the_rule(params, words):
@@ -125,7 +125,7 @@ def test_check_names_the_key_and_the_rule(params, words):
 
 def test_check_passes_what_the_optimizer_takes():
     check_params("adam", {"beta1": 0.8})
-    check_params("adam", {"betas": (0.0, 0.999), "wd": 0.1, "eps": 1e-6}, lr=0.1)
+    check_params("adam", {"betas": (0.0, 0.999), "weight_decay": 0.1, "eps": 1e-6}, lr=0.1)
     check_params("momentum", {"momentum": 0.5})
     check_params("sign(g)", {})  # nothing given: nothing to check
 
@@ -153,13 +153,13 @@ def test_every_training_of_an_evaluation_gets_the_params(monkeypatch, batched):
     monkeypatch.setattr(evaluation, "Optimizer", _Spy)
     monkeypatch.setattr(grid, "Optimizer", _Spy)
     _Spy.made = []
-    params = {"betas": (0.0, 0.999), "wd": 1e-4}
+    params = {"betas": (0.0, 0.999), "weight_decay": 1e-4}
     result = nos.evaluate("adam", "digits", epochs=0.25, lr_grid=(0.01, 0.1), grid_epochs=0.25,
                           batched_grid=batched, params=params)
     assert result.status == "ok" and result.params == params
     trainings = 2 if batched else 3  # the grid (one batched model, or one per rate), the run
     assert len(_Spy.made) == trainings
-    assert all(kw["betas"] == (0.0, 0.999) and kw["wd"] == 1e-4 for kw in _Spy.made)
+    assert all(kw["betas"] == (0.0, 0.999) and kw["weight_decay"] == 1e-4 for kw in _Spy.made)
 
 
 def test_evaluate_with_refused_params_is_invalid_before_training():
@@ -237,8 +237,8 @@ def test_the_text_output_names_the_params(capsys):
 
     assert main(["eval", "adam", *SHORT, "--param", "beta1=0.0", "--param", "eps=1e-6"]) == 0
     assert "params     beta1=0.0 eps=1e-06" in capsys.readouterr().out.splitlines()
-    assert main(["baselines", "--names", "adam", *SHORT[:-2], "--param", "wd=0.001"]) == 0
-    assert capsys.readouterr().out.splitlines()[0] == "trained with --param wd=0.001"
+    assert main(["baselines", "--names", "adam", *SHORT[:-2], "--param", "weight_decay=0.001"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == "trained with --param weight_decay=0.001"
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -249,7 +249,8 @@ def test_the_text_output_names_the_params(capsys):
      "--param lr=0.2 for rule adam: the training sets this keyword itself"),
     (["eval", "sign(g) * m", "--param", "beta1=2"], "--param beta1=2 for rule 'sign(g) * m"),
     (["eval", "adam", "--param", "=3"], "--param '=3' has no KEY before '='"),
-    (["eval", "adam", "--param", "wd=0.1", "--param", "wd=0.2"], "--param wd given twice"),
+    (["eval", "adam", "--param", "weight_decay=0.1", "--param", "weight_decay=0.2"],
+     "--param weight_decay given twice"),
     (["eval", "adam", "--param", "betas=0.9,x"], "--param betas: '0.9,x': 'x' is not"),
     (["baselines", "--names", "adam,sgd", "--param", "beta1=0.5"],
      "--param beta1=0.5 for rule sgd: "),

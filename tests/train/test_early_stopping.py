@@ -154,7 +154,7 @@ def test_a_grid_that_only_diverged_is_still_diverged():
 def test_batched_grid_freezes_a_model_whose_loss_has_not_fallen():
     task = get_task("digits")
     data = task.load(torch.device("cpu"))
-    rule, _ = resolve("momentum")
+    rule = resolve("momentum")[0]
     common = dict(epochs=2, seed=0, batch_size=task.batch_size, device=torch.device("cpu"),
                   floor=-1.0)
     plain = batched_grid(rule, task, data, [0.1, 1.0], **common)

@@ -254,6 +254,26 @@ def _f_lerp(a, b, w):
     return OPS["lerp"].foreach(a, b, w)
 
 
+def _into_second(fn):
+    """``fn(s, x)`` written into x, one pass (``torch.div(s, x, out=x)``): s - x and s / x
+    for two tensors, the same rounding as the out-of-place form."""
+
+    def tensor_(x, s):
+        return fn(s, x, out=x)
+
+    def foreach_(x, s):
+        for a, b in zip(x, s, strict=True):
+            fn(b, a, out=a)
+        return x
+
+    return tensor_, foreach_
+
+
+for _name, _fn in (("tsub", torch.sub), ("tdiv", torch.div)):
+    KERNELS[_name] = Kernel(lambda x, s, fn=_fn: fn(s, x),
+                            lambda x, s, op=_name[1:]: OPS[op].foreach(s, x),
+                            *_into_second(_fn))
+
 KERNELS["lerp"] = Kernel(OPS["lerp"].tensor, _f_lerp, _t_lerp_, _f_lerp_)
 
 # Operations without an in-place form: the comparisons, where, lerp, the reductions and the

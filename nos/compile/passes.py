@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import replace
 
 from nos.compile.kernels import KERNELS
-from nos.compile.program import FULL, TENSOR, Instr, Program, ProgramBuilder, Term
+from nos.compile.program import FULL, ONE, TENSOR, Instr, Program, ProgramBuilder, Term
 
 END = 1 << 30
 
@@ -71,6 +71,23 @@ class _Passes:
             factors = factors + more
         return slot, factors
 
+    def per_tensor_factor(self, ins: Instr, prod: dict, uses: Counter) -> tuple | None:
+        """(u, a / d) when ins is (a * u) / d with a and d one number per tensor: the step
+        is then ``params.addcmul_(u, a / d)``, without the full-size a * u (Adafactor's
+        scale and clipping)."""
+        if ins.op != "div" or self.b.shape(ins.args[1]) != ONE:
+            return None
+        inner = prod.get(ins.args[0])
+        if inner is None or inner.op != "mul" or uses[ins.args[0]] != 1 or inner.random:
+            return None
+        a, u = inner.args
+        if self.tensor(u) and self.b.shape(u) == ONE:
+            a, u = u, a
+        if not (self.tensor(a) and self.b.shape(a) == ONE and self.tensor(u)
+                and self.b.shape(u) != ONE):
+            return None
+        return u, self.b.emit("div", (a, ins.args[1]))
+
     def terms(self) -> None:
         prod, uses = self.producers(), _uses(self.p)
         w = self.p.inputs.get("w")
@@ -91,6 +108,8 @@ class _Passes:
                 visit(ins.args[1], -sign if ins.op == "sub" else sign, factors)
             elif alone and ins.op == "neg":
                 visit(ins.args[0], -sign, factors)
+            elif alone and (found := self.per_tensor_factor(ins, prod, uses)) is not None:
+                terms.append(Term("addcmul", found, sign, factors))
             elif alone and ins.op in ("div", "mul") and all(map(self.tensor, ins.args)):
                 x, factors = self.peel(ins.args[0], factors, prod, uses)
                 y = ins.args[1]
@@ -214,6 +233,9 @@ class _Passes:
                     code.append(replace(ins, args=(args[1], args[0]), inplace=True))
                 elif ins.op in ("sub", "div") and not self.tensor(args[0]):
                     code.append(replace(ins, op="r" + ins.op, args=(args[1], args[0]),
+                                        inplace=True))
+                elif ins.op in ("sub", "div") and shaped[0]:  # two tensors of one shape
+                    code.append(replace(ins, op="t" + ins.op, args=(args[1], args[0]),
                                         inplace=True))
                 else:
                     code.append(ins)

@@ -202,9 +202,68 @@ def test_malformed_count():
     assert len(MALFORMED) >= 25
 
 
+# --- the tensor-level constructs ------------------------------------------------
+
+TENSOR_LEVEL = {
+    "where(g * m > 0, g, 0)": r"\operatorname{where}\left(g \cdot m > 0, g, 0\right)",
+    "(g < w) * (t >= 2) + (lr != 0) - (ndim == 2)": r"\left(g < w\right)",
+    "lerp(m, g, 0.1)": r"\operatorname{lerp}\left(m, g, 0.1\right)",
+    "g / (rms(g) + 1e-8) * norm(w) / norm(g) + sum(g) + mean(g) + amax(g)": r"\left\|w\right\|",
+    "state r = lerp(r, rowmean(g^2), 0.1)\nstate c = lerp(c, colmean(g^2), 0.1)\n"
+    "update = g / sqrt(r * c / colmean(r))": r"\overline{{g}^{2}}^{\,\mathrm{row}}",
+    "newton_schulz(m, 3.4445, -4.775, 2.0315, 5, 1e-7, 16)": r"\operatorname{NS}_{5}",
+    "sqrt(max(1, rows / cols)) * g + numel * machine_eps": r"\mathrm{numel}",
+}
+
+
+@pytest.mark.parametrize("text", sorted(TENSOR_LEVEL))
+def test_tensor_level_constructs_round_trip_and_print_latex(text):
+    rule = nos.parse(text)
+    assert nos.parse(str(rule)) == rule
+    assert str(nos.parse(str(rule))) == str(rule)
+    assert TENSOR_LEVEL[text] in rule.latex()
+
+
+def test_comparisons_bind_loosest_and_do_not_chain():
+    assert str(nos.parse("(g + 1 < w * 2)")) == "g + 1 < w * 2"
+    assert str(nos.parse("(g < w) * 2")) == "(g < w) * 2"
+    assert str(nos.parse("(g < w) < t")) == "(g < w) < t"
+    with pytest.raises(nos.RuleSyntaxError) as err:
+        nos.parse("g < w < t")
+    assert (err.value.line, err.value.column) == (1, 7)
+
+
+@pytest.mark.parametrize("text,words,column", [
+    ("where(g > 0, g)", "where takes 3 arguments (where(c, a, b)), got 2", 1),
+    ("update = g * lerp(g, w)", "lerp takes 3 arguments", 14),
+    ("let norm = g\nupdate = norm", "cannot assign to 'norm': it is a function", 1),
+    ("param lr = 1\nupdate = lr * g", "cannot assign to the primitive 'lr'", 1),
+    ("update = rowmean * g", "'rowmean' is a function: call it as rowmean(x)", 10),
+])
+def test_tensor_level_errors_are_positioned(text, words, column):
+    with pytest.raises(nos.RuleSyntaxError) as err:
+        nos.parse(text)
+    assert words in err.value.reason and err.value.column == column, str(err.value)
+
+
+def test_matrix_functions_need_constant_settings_and_2d_parameters():
+    import torch
+
+    with pytest.raises(ValueError, match="argument 5 of newton_schulz.*must not depend on "
+                                         "tensors"):
+        nos.compile_rule(nos.parse("newton_schulz(g, 3.4, -4.7, 2, g, 1e-7, 16)"))
+    vector = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError) as err:
+        nos.Optimizer([vector], "newton_schulz(g, 3.4, -4.7, 2, 5, 1e-7, 16)")
+    assert str(err.value).startswith("line 1, column 1: newton_schulz needs 2-D parameters; "
+                                     "parameter 0 of group 0 has shape (3,)")
+
+
 # --- property tests ------------------------------------------------------------
 
-NAMES = ["g", "w", "t", "m", "v", "gamma", "m_hat", "v_hat", "adam", "rmsprop", "noise", "ld"]
+NAMES = ["g", "w", "t", "m", "v", "gamma", "m_hat", "v_hat", "adam", "rmsprop", "noise", "ld",
+         "lr", "ndim", "rows", "cols", "numel", "machine_eps"]
+COMPARISONS = ["lt", "le", "gt", "ge", "eq", "ne"]
 numbers = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False).map(abs)
 
 
@@ -213,7 +272,8 @@ def _expressions(names: list[str]):
                        st.sampled_from(names).map(lambda n: Node("name", value=n)))
 
     def extend(children):
-        binary = st.tuples(st.sampled_from(["add", "sub", "mul", "div", "pow"]), children, children)
+        binary = st.tuples(st.sampled_from(["add", "sub", "mul", "div", "pow", *COMPARISONS]),
+                           children, children)
         calls = st.sampled_from(sorted(FUNCTIONS)).flatmap(
             lambda f: st.tuples(st.just(f), st.lists(children, min_size=FUNCTIONS[f].arity,
                                                      max_size=FUNCTIONS[f].arity)))

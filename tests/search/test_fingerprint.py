@@ -69,3 +69,28 @@ def test_default_space_sample_counts_are_stable():
     digests = [p.digest for p in prints if p.status == "ok"]
     assert len(digests) - len(set(digests)) == 2  # repeats the cache would not train
     assert _sample_prints(0, 200) == prints  # the same draws, the same verdicts
+
+
+@pytest.mark.parametrize("group", [
+    # a comparison mask, a where and a clamp at zero are one rule
+    ["max(g, 0)", "where(g > 0, g, 0)", "g * (g > 0)"],
+    # a number kept per tensor and the same number computed from t
+    ["state c = where(t == 1, 1, c) * 0.5\nupdate = c * g", "0.5^t * g"],
+    # a switch at its default and the branch it takes
+    ["param flag = 0 in [0, 1]\nupdate = where(flag, sign(g), g)", "g"],
+    # Adafactor's factored average of one matrix, row and column states against the formula
+    ["state r = lerp(r, rowmean(g^2), 0.5)\nstate c = lerp(c, colmean(g^2), 0.5)\n"
+     "update = g / sqrt(where(ndim >= 2, r * c / colmean(r), r) + 1)",
+     "state r = 0.5 * r + 0.5 * rowmean(g^2)\nstate c = 0.5 * c + 0.5 * colmean(g^2)\n"
+     "update = g / sqrt(where(ndim >= 2, r * c / colmean(r), r) + 1)"],
+])
+def test_tensor_level_rules_that_agree_share_a_fingerprint(group):
+    prints = {fingerprint(text) for text in group}
+    assert len(prints) == 1 and next(iter(prints)).status == "ok", prints
+
+
+def test_tensor_level_rules_that_differ_do_not():
+    texts = ["g / (rms(g) + 1e-8)", "g / (norm(g) + 1e-8)", "g * norm(w) / norm(g)",
+             "lerp(g, sign(g), 0.5)", "g - rowmean(g)", "g - colmean(g)", "g - mean(g)"]
+    digests = [fingerprint(t).digest for t in texts]
+    assert None not in digests and len(set(digests)) == len(texts)

@@ -456,15 +456,16 @@ class Optimizer(torch.optim.Optimizer):
         for group in self.param_groups:
             hyper = {name: group[name] for name in self.program.params}
             params = self._with_grads(group)
-            if not self._facts:
-                self._specialised(self._key(hyper, None))
-            work.append((group, hyper, params))
-        for group, hyper, params in work:
+            key = None if self._facts else self._key(hyper, None)  # else one per bucket
+            if key is not None:
+                self._specialised(key)
+            work.append((group, hyper, params, key))
+        for group, hyper, params, group_key in work:
             lr = group["lr"]
             lr = lr if isinstance(lr, torch.Tensor) else float(lr)
             for (_, _, t, facts, numbers), (ps, gs, states) in self._buckets(params).items():
                 facts = dict(zip(self._facts, facts, strict=True))
-                key = self._key(hyper, facts)
+                key = group_key or self._key(hyper, facts)
                 program = self._specialised(key)
                 buffers = self._buffers(program, ps, states)
                 if group["maximize"]:
@@ -481,8 +482,9 @@ class Optimizer(torch.optim.Optimizer):
                 for name, tensors in buffers.items():
                     for state, tensor in zip(states, tensors, strict=False):
                         old = state[name]
-                        state[name] = tensor.view(old.shape) if tensor.shape != old.shape \
-                            else tensor
+                        if tensor is not old:
+                            state[name] = tensor.view(old.shape) \
+                                if tensor.shape != old.shape else tensor
                 for name, value in (bucket.numbers or {}).items():
                     for state in states:
                         state[name] = value

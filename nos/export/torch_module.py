@@ -32,6 +32,7 @@ precision's roundings).
 
 from __future__ import annotations
 
+import inspect
 import textwrap
 from string import Template
 
@@ -52,6 +53,7 @@ from nos.export.plan import (
     tuple_literal,
     update_function,
 )
+from nos.lang.ops import newton_schulz
 from nos.lang.rule import Rule
 
 CALLS: dict[str, tuple[str | None, str | None]] = {
@@ -208,32 +210,8 @@ def _colmean(x):
     """The mean over the second-to-last dimension, kept as 1."""
     return x.mean(dim=-2, keepdim=True) if x.dim() >= 2 else x.clone()
 ''',
-    "_newton_schulz": '''
-def _newton_schulz(x, a, b, c, steps, eps, bits):
-    """torch.optim.Muon's orthogonalisation of the 2-D x, computed in the dtype ``bits``
-    names (16: bfloat16, 32: float32, 64: float64, 0: x's own): x / max(norm(x), eps),
-    then ``steps`` of X <- a X + (b A + c A A) X, A = X X^T (on the transpose of a tall
-    x); the result in x's dtype."""
-    if x.dim() != 2:
-        raise ValueError(f"newton_schulz needs a 2-D tensor, got shape {tuple(x.shape)}")
-    if steps != int(steps) or not 0 <= steps < 100:
-        raise ValueError(f"newton_schulz steps must be a whole number in [0, 100), got {steps}")
-    dtypes = {0: x.dtype, 16: torch.bfloat16, 32: torch.float32, 64: torch.float64}
-    if bits not in dtypes:
-        raise ValueError(f"newton_schulz bits must be 0, 16, 32 or 64, got {bits:g}")
-    o = x.to(dtypes[bits], copy=True)
-    tall = x.size(0) > x.size(1)
-    if tall:
-        o = o.T
-    o.div_(o.norm().clamp(min=eps))
-    for _ in range(int(steps)):
-        gram = o @ o.T
-        gram_update = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-        o = torch.addmm(o, gram_update, o, beta=a)
-    if tall:
-        o = o.T
-    return o.to(x.dtype)
-''',
+    "_newton_schulz": "\n" + inspect.getsource(newton_schulz).replace(
+        "def newton_schulz(", "def _newton_schulz("),  # the op table's own code
     "_apply": '''
 def _apply(fn, x):
     """fn of a tensor, or of a number (which a where on params alone may give)."""

@@ -196,21 +196,19 @@ def _t_colmean(x):
     return x.mean(dim=-2, keepdim=True) if x.dim() >= 2 else x.clone()
 
 
-NS_DTYPES = {0: None, 16: torch.bfloat16, 32: torch.float32, 64: torch.float64}
-
-
 def newton_schulz(x, a, b, c, steps, eps, bits):
-    """torch.optim.Muon's orthogonalisation of a 2-D tensor, in the dtype ``bits`` names
-    (16: bfloat16, 32: float32, 64: float64, 0: x's own), the same operations in the same
-    order; the result in x's dtype."""
+    """torch.optim.Muon's orthogonalisation of the 2-D x, computed in the dtype ``bits``
+    names (16: bfloat16, 32: float32, 64: float64, 0: x's own): x / max(norm(x), eps),
+    then ``steps`` of X <- a X + (b A + c A A) X, A = X X^T (on the transpose of a tall
+    x); the result in x's dtype."""
     if x.dim() != 2:
         raise ValueError(f"newton_schulz needs a 2-D tensor, got shape {tuple(x.shape)}")
     if steps != int(steps) or not 0 <= steps < 100:
         raise ValueError(f"newton_schulz steps must be a whole number in [0, 100), got {steps}")
-    if bits not in NS_DTYPES:
+    dtypes = {0: x.dtype, 16: torch.bfloat16, 32: torch.float32, 64: torch.float64}
+    if bits not in dtypes:
         raise ValueError(f"newton_schulz bits must be 0, 16, 32 or 64, got {bits:g}")
-    dtype = NS_DTYPES[bits] or x.dtype
-    o = x.to(dtype, copy=True)
+    o = x.to(dtypes[bits], copy=True)
     tall = x.size(0) > x.size(1)
     if tall:
         o = o.T

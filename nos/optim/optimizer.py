@@ -270,7 +270,7 @@ class Optimizer(torch.optim.Optimizer):
         """torch's picklable state, with the rule and settings (compiled again on load)."""
         state = super().__getstate__()
         state.update({name: getattr(self, name)
-                      for name in ("rule", "total_steps", "foreach", "fused", "seed")})
+                      for name in ("rule", "name", "total_steps", "foreach", "fused", "seed")})
         state["_saved_generators"] = self._generator_states()
         return state
 

@@ -134,11 +134,11 @@ reference.
 Counts: 900 examples in the normal run, 100,000 behind the slow mark; the fused path 3
 and 200 (one to ten seconds of torch.compile per rule: a rule that reads a tensor's
 facts or keeps a number compiles one graph per tensor).  See ``_run`` on derandomize.
-Measured on 2 busy cores, inductor's cache warm: the module took about 75 s with 1,500
-examples and 4 fused (the 1,500 examples 52 s, the fused sample 6 s, the examples of the tensor-level constructs below
-the regressions 7 s); the slow tests, at the same rates, about an hour for the 100,000
-and 15 minutes for the 200.  The normal run was cut to 900 and 3 to keep the whole
-test run near ten minutes.
+Measured on 2 busy cores, inductor's cache warm: the module took about 75 s with
+1,500 examples and 4 fused (the examples 52 s, the fused sample 6 s, the examples of
+the tensor-level constructs below the regressions 7 s); the slow tests, at the same
+rates, take about an hour for the 100,000 and 15 minutes for the 200.  The normal
+run was cut to 900 and 3 to keep the whole test run near ten minutes.
 
 Bugs the generator found (each has a regression test below, a small explicit rule):
 1. ``param beta = 0.9; state m = beta * m + (1 - beta) * g; update = m - p; state p =

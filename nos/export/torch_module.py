@@ -53,7 +53,7 @@ from nos.export.plan import (
     tuple_literal,
     update_function,
 )
-from nos.lang.ops import newton_schulz
+from nos.lang import ops
 from nos.lang.rule import Rule
 
 CALLS: dict[str, tuple[str | None, str | None]] = {
@@ -88,6 +88,13 @@ CALLS: dict[str, tuple[str | None, str | None]] = {
     "cd": (None, "_cd({0}, t, T)"),
     "rd": (None, "_rd({0}, t, T)"),
 }
+
+def _from_ops(fn, name: str) -> str:
+    """An op table function's own source, renamed, for the generated module (one meaning,
+    not a copy of it)."""
+    source = inspect.getsource(fn)
+    return "\n" + source.replace(f"def {fn.__name__}(", f"def {name}(", 1)
+
 
 HELPERS: dict[str, str] = {
     "_scalar": '''
@@ -195,23 +202,10 @@ def _lerp(a, b, weight):
         a, b = torch.broadcast_tensors(a, b)
     return torch.lerp(a, b, weight)
 ''',
-    "_rms": '''
-def _rms(x):
-    """The root mean square of the tensor's elements, norm(x) / sqrt(numel)."""
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
-''',
-    "_rowmean": '''
-def _rowmean(x):
-    """The mean over the last dimension, kept as 1."""
-    return x.mean(dim=-1, keepdim=True) if x.dim() >= 2 else x.clone()
-''',
-    "_colmean": '''
-def _colmean(x):
-    """The mean over the second-to-last dimension, kept as 1."""
-    return x.mean(dim=-2, keepdim=True) if x.dim() >= 2 else x.clone()
-''',
-    "_newton_schulz": "\n" + inspect.getsource(newton_schulz).replace(
-        "def newton_schulz(", "def _newton_schulz("),  # the op table's own code
+    "_rms": _from_ops(ops._t_rms, "_rms"),
+    "_rowmean": _from_ops(ops._t_rowmean, "_rowmean"),
+    "_colmean": _from_ops(ops._t_colmean, "_colmean"),
+    "_newton_schulz": _from_ops(ops.newton_schulz, "_newton_schulz"),
     "_apply": '''
 def _apply(fn, x):
     """fn of a tensor, or of a number (which a where on params alone may give)."""

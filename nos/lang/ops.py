@@ -185,14 +185,17 @@ def _t_lerp(a, b, w):
 
 
 def _t_rms(x):
+    """The root mean square of the tensor's elements, norm(x) / sqrt(numel)."""
     return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
 
 
 def _t_rowmean(x):
+    """The mean over the last dimension, kept as 1."""
     return x.mean(dim=-1, keepdim=True) if x.dim() >= 2 else x.clone()
 
 
 def _t_colmean(x):
+    """The mean over the second-to-last dimension, kept as 1."""
     return x.mean(dim=-2, keepdim=True) if x.dim() >= 2 else x.clone()
 
 

@@ -107,9 +107,8 @@ def split_tuples(group: dict, tuples: dict[str, tuple[str, ...]], rule: str) -> 
 def translate(group: dict, rule: str) -> None:
     """Named choices become their numbers, in place."""
     for key, choices in CHOICES.items():
-        if key in group and not isinstance(group[key], (int, float)) or (
-                key in group and isinstance(group[key], bool)):
-            value = group[key]
+        value = group.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             if value not in choices:
                 names = ", ".join(repr(c) for c in choices)
                 raise KeywordError(f"Invalid {key}: {value!r}, must be one of {names} "

@@ -1,0 +1,1 @@
+"""Learned optimizers: a coordinate-wise LSTM meta-trained on a child task (Andrychowicz et al., 2016)."""

@@ -153,7 +153,8 @@ def train_and_measure(rule: str, task: str | Task, *, seed: int = 0,
     batch_size = evaluation.get("batch_size") or task_obj.batch_size
     run = train_child(resolve(rule)[0], task_obj, data, lr=result.lr, epochs=result.epochs,
                       seed=seed, batch_size=batch_size, device=device, deadline=math.inf,
-                      schedule=check_schedule(evaluation.get("schedule")), hyper=result.params)
+                      schedule=check_schedule(evaluation.get("schedule")), hyper=result.params,
+                      grow_batch=evaluation.get("grow_batch"))
     return Measured(result, measure(task_obj, run.model, data, settings, seed=seed))
 
 

@@ -35,7 +35,8 @@ from nos.lang.parser import RuleSyntaxError
 from nos.lang.rule import Rule
 from nos.optim.optimizer import Optimizer, resolve
 from nos.optim.param_options import check_params
-from nos.train.settings import check_evaluation, check_schedule
+from nos.train.batch_growth import Batch, enter_batch, growth_plan
+from nos.train.settings import SettingError, check_evaluation, check_schedule
 from nos.train.tasks import Task, TaskData, default_device, get_task, reward
 
 DEFAULT_LR_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -82,6 +83,8 @@ class EvalResult:
     val_metric: float | None = None
     test_metric: float | None = None
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of nos.Optimizer
+    # with grow_batch: each phase's batch size, lr, updates and examples (nos.train.batch_growth)
+    phases: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +104,7 @@ class _Run:
     loss_curve: list[float]
     val_curve: list[float]
     snapshots: list[dict]
+    phases: list[dict] = field(default_factory=list)
 
 
 def _metric_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -130,14 +134,19 @@ def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: fl
            batch_size: int, device: torch.device, deadline: float, schedule: Any = None,
            snapshots: int = 0, explode: float = 20.0, progress: bool = False,
            stop_loss_steps: int | None = None, stop_below: Sequence[float | None] | None = None,
-           hyper: dict[str, Any] | None = None) -> _Run:
+           hyper: dict[str, Any] | None = None, grow_batch: int | None = None) -> _Run:
     """One training run.  Raises ``_Stop`` (``diverged``, ``timeout``, or ``stopped`` with the
-    partial run) when it ends early; see ``evaluate`` for ``stop_loss_steps`` and
-    ``stop_below``.  ``hyper``: more keyword arguments of nos.Optimizer (the rule's params)."""
+    partial run) when it ends early; see ``evaluate`` for ``stop_loss_steps``, ``stop_below``
+    and ``grow_batch``.  ``hyper``: more keyword arguments of nos.Optimizer (the rule's
+    params)."""
     torch.manual_seed(seed)
     model = task.build_model().to(device)
     n = len(data.train_x)
     total = _total_steps(n, batch_size, epochs)
+    plan = None
+    if grow_batch is not None:  # the batch grows where the step schedule would decay the rate
+        plan = growth_plan(n, batch_size, total, schedule, grow_batch)
+        total, schedule = plan.updates, None
     opt = Optimizer(model.parameters(), rule, lr=lr, total_steps=total, seed=seed,
                     **(hyper or {}))
     scheduler = None
@@ -163,10 +172,14 @@ def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: fl
     while step < total:
         perm = torch.randperm(n, generator=order).to(device)
         loss_sum, loss_n = 0.0, 0
-        for i in range(0, n, batch_size):
+        batches = (plan.epochs[len(run.loss_curve)] if plan is not None
+                   else (Batch(i, batch_size, 1.0, 0) for i in range(0, n, batch_size)))
+        for batch in batches:
             if step >= total:
                 break
-            idx = perm[i:i + batch_size]
+            idx = perm[batch.start:batch.start + batch.size]
+            if plan is not None:
+                enter_batch(opt, lr, batch, len(idx), run.phases)
             loss = task.loss(model(data.train_x[idx]), data.train_y[idx])
             value = loss.item()
             if not math.isfinite(value):
@@ -279,6 +292,7 @@ def evaluate(
     stop_loss_steps: int | None = None,
     stop_below: Sequence[float | None] | None = None,
     params: dict[str, Any] | None = None,
+    grow_batch: int | None = None,
 ) -> EvalResult:
     """Train the task's child with ``rule`` and return its reward and details.
 
@@ -311,6 +325,11 @@ def evaluate(
             every training (``{"beta1": 0.8}``, ``{"betas": (0.9, 0.95)}``); recorded in the
             result.  Values the optimizer refuses make the evaluation ``invalid``, before
             any training.
+        grow_batch: batch size instead of decay (Smith et al., 2017; nos.train.batch_growth):
+            with a step schedule, the full run multiplies the batch size by ``1 / gamma``
+            where the schedule would multiply the rate by ``gamma``, up to ``grow_batch``
+            examples, then decays the rate; the same epochs, fewer updates.  ``phases``
+            records each phase's batch size, rate and updates.
 
     Raises:
         ValueError: a bad setting (``nos.train.settings.SettingError``, naming it), before
@@ -321,7 +340,8 @@ def evaluate(
         {"epochs": epochs, "lr": lr, "lr_grid": lr_grid, "grid_epochs": grid_epochs,
          "batch_size": batch_size, "snapshots": snapshots, "time_limit": time_limit,
          "floor": floor, "seed": seed, "schedule": schedule,
-         "stop_loss_steps": stop_loss_steps, "stop_below": stop_below})["schedule"]
+         "stop_loss_steps": stop_loss_steps, "stop_below": stop_below,
+         "grow_batch": grow_batch})["schedule"]
     text = rule if isinstance(rule, str) else str(rule)
     task_obj = get_task(task, **(task_options or {})) if isinstance(task, str) else task
     result = EvalResult(rule=text, task=task_obj.name, status="ok", reward=floor, seed=seed,
@@ -345,6 +365,9 @@ def evaluate(
     if schedule is not None:  # now that the run's length and its possible rates are known
         check_schedule(schedule, _total_steps(len(data.train_x), batch_size, epochs),
                        [lr] if lr is not None else grid)
+    if grow_batch is not None and grow_batch < batch_size:
+        raise SettingError("grow_batch", f"must be at least the batch size {batch_size}, "
+                           f"got {grow_batch}")
     deadline = start + time_limit if time_limit else math.inf
     common = dict(seed=seed, batch_size=batch_size, device=device,
                   deadline=deadline, progress=progress, hyper=result.params)
@@ -358,7 +381,7 @@ def evaluate(
     result.lr = lr
     run = _attempt(parsed, task_obj, data, result, lr=lr, epochs=epochs, schedule=schedule,
                    snapshots=snapshots, stop_loss_steps=stop_loss_steps, stop_below=stop_below,
-                   **common)
+                   grow_batch=grow_batch, **common)
     if run is not None:
         _score(task_obj, data, run, result)
     else:
@@ -440,6 +463,7 @@ def _score(task: Task, data: TaskData, run: _Run, result: EvalResult) -> None:
         result.val_accuracy, result.test_accuracy = metric, test
     result.reward = reward(task, metric)
     result.loss_curve, result.val_curve, result.steps = run.loss_curve, run.val_curve, run.steps
+    result.phases = run.phases
     # a stopped run's snapshots are too few; an ensemble averages class scores
     if run.snapshots and result.status == "ok" and result.metric == "accuracy":
         probs: list[torch.Tensor] = []

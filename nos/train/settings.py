@@ -16,7 +16,7 @@ from typing import Any
 
 # the keys checked here, in the order they are checked
 KEYS = ("epochs", "lr", "lr_grid", "grid_epochs", "batch_size", "snapshots", "time_limit",
-        "floor", "seed", "schedule", "stop_loss_steps", "stop_below")
+        "floor", "seed", "schedule", "stop_loss_steps", "stop_below", "grow_batch")
 
 
 class SettingError(ValueError):
@@ -114,6 +114,7 @@ CHECKS: dict[str, Callable[[str, Any], None]] = {
     "seed": _integer,
     "stop_loss_steps": _optional_count(1),
     "stop_below": _thresholds,
+    "grow_batch": _optional_count(1),
 }
 
 
@@ -148,4 +149,11 @@ def check_evaluation(settings: Mapping[str, Any]) -> dict[str, Any]:
         if schedule is None or schedule["name"] != "sgdr":
             raise SettingError("snapshots", "needs an SGDR schedule (sgdr:T_0=...), "
                                f"got schedule {settings.get('schedule')!r}")
+    if checked.get("grow_batch") is not None:  # batch size instead of decay
+        from nos.train.batch_growth import step_decay
+
+        try:
+            step_decay(checked.get("schedule"))
+        except ValueError as err:
+            raise SettingError("grow_batch", str(err)) from None
     return checked

@@ -1,4 +1,4 @@
-"""The ``nos`` command line: parse, eval, baselines, search, inspect, export.
+"""The ``nos`` command line: parse, eval, baselines, search, inspect, export, learn.
 
 Bad input gets a clear message on stderr and exit status 2, never a
 traceback; nothing on disk is changed by a command that fails that way.
@@ -185,14 +185,18 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from nos.learned import check_checkpoint, is_checkpoint_path
     from nos.optim.param_options import check_params, format_params
     from nos.train.evaluation import evaluate
     from nos.train.tasks import reward_rule
 
     settings = evaluation_settings(args)
     params = _params(args)
-    rule = resolve_rule(args.rule)
-    check_params(rule, params, lr=settings.get("lr"), name=_rule_name(args.rule, rule))
+    if is_checkpoint_path(args.rule):  # a learned optimizer, written by nos learn
+        rule = check_checkpoint(args.rule, params)
+    else:
+        rule = resolve_rule(args.rule)
+        check_params(rule, params, lr=settings.get("lr"), name=_rule_name(args.rule, rule))
     task = _task(args)
     result = evaluate(rule, task, **settings, params=params, device=args.device,
                       progress=args.task in ("cifar10", "charlm") and not args.json)
@@ -227,9 +231,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="train a child network with a rule and print its reward",
                        description="Train the task's child network with RULE (rule text, a file, "
-                       "'-' or a baseline's name) and print the reward (the validation metric, "
-                       "or 1/(1+metric) where lower is better), the chosen learning rate, the "
-                       "test metric and time.")
+                       "'-', a baseline's name or a learned optimizer's .pt) and print the "
+                       "reward (the validation metric, or 1/(1+metric) where lower is better), "
+                       "the chosen learning rate, the test metric and time.")
     p.add_argument("rule", metavar="RULE")
     _add_training_options(p)
     p.add_argument("--seed", type=int, default=0)
@@ -240,6 +244,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
+    from nos.learned import check_checkpoint, is_checkpoint_path
     from nos.optim.baselines import BASELINES
     from nos.optim.param_options import check_params, format_params
     from nos.report.compare import comparison_table, plot_trials, train_seeds
@@ -247,11 +252,15 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     settings = evaluation_settings(args)
     params = _params(args)
     names = args.names.split(",") if args.names else list(BASELINES)
-    unknown = [n for n in names if n not in BASELINES]
+    unknown = [n for n in names if n not in BASELINES and not is_checkpoint_path(n)]
     if unknown:
-        raise UsageError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}")
+        raise UsageError(f"unknown baseline {unknown[0]!r}; known: {', '.join(BASELINES)}, "
+                         "or a learned optimizer's .pt")
     for name in names:  # every baseline takes the params, before any training
-        check_params(name, params, lr=settings.get("lr"), name=name)
+        if is_checkpoint_path(name):
+            check_checkpoint(name, params)
+        else:
+            check_params(name, params, lr=settings.get("lr"), name=name)
     _task(args)  # a bad task is named before any training
     if args.plot:
         _check_writable(args.plot)
@@ -291,7 +300,8 @@ def _add_baselines(sub: argparse._SubParsersAction) -> None:
                        "same budget and learning-rate search, and print a table sorted by "
                        "reward (mean and spread over seeds).")
     _add_training_options(p)
-    p.add_argument("--names", default=None, help="comma-separated baseline names")
+    p.add_argument("--names", default=None, help="comma-separated baseline names (a learned "
+                   "optimizer's .pt too)")
     p.add_argument("--seeds", type=_positive_int, default=1)
     p.add_argument("--plot", default=None, metavar="PNG", help="write validation curves")
     p.set_defaults(handler=cmd_baselines)
@@ -506,8 +516,68 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_export)
 
 
+def cmd_learn(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nos.learned import is_checkpoint_path
+    from nos.learned.meta import MetaSettings, learn
+
+    if not is_checkpoint_path(args.out):
+        raise UsageError(f"--out {args.out}: a learned optimizer's file must end in .pt")
+    _check_writable(args.out)
+    if Path(args.out).is_dir():
+        raise UsageError(f"cannot write {args.out}: it is a directory")
+    if not (math.isfinite(args.meta_lr) and args.meta_lr > 0):
+        raise UsageError(f"--meta-lr must be a positive number, got {args.meta_lr}")
+    settings = MetaSettings(meta_steps=args.meta_steps, unroll=args.unroll,
+                            episode_steps=args.episode_steps, meta_lr=args.meta_lr,
+                            seed=args.seed)
+    task = _task(args)
+    result = learn(task, args.out, settings, device=args.device, progress=not args.quiet)
+    record = result.record()
+    if args.json:
+        print(json.dumps({"out": args.out, "training": record, "meta_losses": result.losses}))
+        return 0
+    print(f"learned optimizer written to {args.out}")
+    print(f"task       {result.task}: {len(result.losses)} meta-steps of {settings.unroll} "
+          f"steps, {result.episodes} children of {settings.episode_steps} steps"
+          + (f", {result.skipped} unrolls skipped (loss not finite)" if result.skipped else ""))
+    if result.losses:
+        print(f"meta-loss  {record['meta_loss_first']:.4f} (first tenth) -> "
+              f"{record['meta_loss_last']:.4f} (last tenth)")
+    print(f"time       {result.seconds:.1f} s")
+    print(f"use it     nos eval {args.out} --task {args.task}")
+    return 0
+
+
+def _add_learn(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("learn", help="meta-train an LSTM optimizer on a task (Andrychowicz et "
+                       "al., 2016)",
+                       description="Meta-train a coordinate-wise LSTM optimizer (two layers of "
+                       "20, shared by every coordinate) on the task's child by truncated "
+                       "backpropagation through unrolled training, with Adam, and write it to "
+                       "FILE.pt: it then goes wherever a rule does (nos eval FILE.pt, "
+                       "nos baselines --names adam,FILE.pt, nos.Optimizer(params, 'FILE.pt')).")
+    p.add_argument("--task", default="mnist1d", help=TASK_HELP + " (default: mnist1d)")
+    p.add_argument("--out", required=True, metavar="FILE.pt", help="the checkpoint to write")
+    p.add_argument("--meta-steps", type=_positive_int, default=300,
+                   help="Adam steps on the LSTM, one per unroll (default: 300)")
+    p.add_argument("--unroll", type=_positive_int, default=20,
+                   help="child steps per unroll: the truncation (default: 20)")
+    p.add_argument("--episode-steps", type=_positive_int, default=100,
+                   help="child steps before a fresh child is drawn (default: 100)")
+    p.add_argument("--meta-lr", type=float, default=3e-3, help="Adam's rate (default: 3e-3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 directory (task cifar10)")
+    p.add_argument("--text", default=None, help="text file for the charlm task")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=cmd_learn)
+
+
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_parse, _add_eval, _add_baselines, _add_search, _add_inspect, _add_export,
+    _add_parse, _add_eval, _add_baselines, _add_search, _add_inspect, _add_export, _add_learn,
 ]
 
 

@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"nos": ROOT / "nos", "nos.controllers": ROOT / "controllers",
             "nos.grammar": ROOT / "grammar"}
 # The pipeline, lowest stage first: a module may import its own stage and those before it.
-STAGES = [("nos.lang",), ("nos.compile",), ("nos.optim",), ("nos.export",), ("nos.train",),
+# A learned optimizer is an optimizer (stage nos.optim); its meta-training trains children.
+STAGES = [("nos.lang",), ("nos.compile",), ("nos.optim", "nos.learned"), ("nos.export",),
+          ("nos.train", "nos.learned.meta"),
           ("nos.search", "nos.controllers"), ("nos.report",), ("nos.cli",), ("nos",)]
 
 

@@ -33,6 +33,7 @@ import torch
 from nos.compile.program import RuleCompileError
 from nos.lang.parser import RuleSyntaxError
 from nos.lang.rule import Rule
+from nos.learned import check_checkpoint, is_checkpoint_path
 from nos.optim.optimizer import Optimizer, resolve
 from nos.optim.param_options import check_params
 from nos.train.batch_growth import Batch, enter_batch, growth_plan
@@ -349,9 +350,12 @@ def evaluate(
                         higher_is_better=getattr(task_obj, "higher_is_better", True),
                         params=dict(params or {}))
     try:
-        parsed = resolve(rule)[0]
-        result.rule = str(parsed)
-        check_params(parsed, result.params, lr=lr)
+        if is_checkpoint_path(rule):  # a learned optimizer (nos.learned): its file is the rule
+            parsed = result.rule = check_checkpoint(rule, result.params)
+        else:
+            parsed = resolve(rule)[0]
+            result.rule = str(parsed)
+            check_params(parsed, result.params, lr=lr)
     except (RuleSyntaxError, ValueError) as err:
         result.status, result.error = "invalid", str(err).splitlines()[0]
         result.seconds = time.monotonic() - start

@@ -398,8 +398,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
     evaluation_settings(argparse.Namespace(epochs=args.epochs))  # --retrain's budget
     params = _params(args)
-    if params and args.retrain is None:
-        raise UsageError("--param is for --retrain (the params of its trainings)")
+    if params and args.retrain is None and args.generalization is None:
+        raise UsageError("--param is for --retrain and --generalization (the params of their "
+                         "trainings)")
+    if args.generalization is not None and len(args.dirs) > 1:
+        raise UsageError(f"--generalization measures one run, got {len(args.dirs)} directories")
     for path in (args.plot, args.retrain_plot):
         if path:
             _check_writable(path)
@@ -414,6 +417,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                                   plot=args.retrain_plot, progress=not args.json,
                                   params=params))
         infos = [inspect.summary(s, args.top) for s in stores]
+        if args.generalization is not None:
+            from nos.report.generalization import generalization_report
+
+            infos[0]["generalization"] = generalization_report(
+                stores[0], args.generalization, epochs=args.epochs, seeds=args.seeds,
+                task=args.task, params=params, progress=not args.json)
         for info, store in zip(infos, stores):
             report = funnel_report(store)
             if report is not None:
@@ -425,6 +434,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 inspect.print_summary(info, latex=args.latex)
                 if "funnel" in info:
                     print_funnel(info["funnel"], args.top)
+                if "generalization" in info:
+                    from nos.report.generalization import print_generalization
+
+                    print()
+                    print_generalization(info["generalization"])
         if args.plot:
             inspect.plot_rewards(stores, args.plot)
             if not args.json:
@@ -435,6 +449,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 plot_funnel(report, path)
                 if not args.json:
                     print(f"funnel plotted to {path}")
+            if "generalization" in infos[0]:
+                from nos.report.generalization import (
+                    generalization_plot_path,
+                    plot_generalization,
+                )
+
+                path = plot_generalization(infos[0]["generalization"],
+                                           generalization_plot_path(args.plot))
+                if not args.json:
+                    print(f"generalization plotted to {path}")
     return 0
 
 
@@ -454,10 +478,19 @@ def _add_inspect(sub: argparse._SubParsersAction) -> None:
                    "stage's scores against the last stage's)")
     p.add_argument("--retrain", type=_positive_int, default=None, metavar="K",
                    help="train the top K rules and the baselines again")
-    p.add_argument("--epochs", type=float, default=None, help="(--retrain) epochs")
-    p.add_argument("--seeds", type=_positive_int, default=3, help="(--retrain) seeds")
+    p.add_argument("--generalization", type=_positive_int, nargs="?", const=3, default=None,
+                   metavar="K", help="train the top K rules (default 3) and the baselines "
+                   "again, one network per seed, and measure each: test accuracy, "
+                   "generalisation gap (train minus test accuracy), epsilon-sharpness, top "
+                   "Hessian eigenvalue, ablation area, and each measure's rank correlation "
+                   "with the gap; with --plot also PNG_generalization")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="(--retrain, --generalization) epochs")
+    p.add_argument("--seeds", type=_positive_int, default=3,
+                   help="(--retrain, --generalization) seeds")
     p.add_argument("--task", default=None,
-                   help="(--retrain) another task, to test transfer (names as in nos eval)")
+                   help="(--retrain, --generalization) another task, to test transfer (names "
+                   "as in nos eval)")
     p.add_argument("--retrain-plot", default=None, metavar="PNG",
                    help="(--retrain) validation curves of the re-trained rules")
     _add_param_option(p, "(--retrain) " + PARAM_HELP + "; every rule re-trained, the "

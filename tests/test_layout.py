@@ -21,6 +21,7 @@ PACKAGES = {"nos": ROOT / "nos", "nos.controllers": ROOT / "controllers",
 # A learned optimizer is an optimizer (stage nos.optim); its meta-training trains children.
 STAGES = [("nos.lang",), ("nos.compile",), ("nos.optim", "nos.learned"), ("nos.export",),
           ("nos.train", "nos.learned.meta"),
+          ("nos.analysis",),  # measures of trained children, read by the reports
           ("nos.search", "nos.controllers"), ("nos.report",), ("nos.cli",), ("nos",)]
 
 

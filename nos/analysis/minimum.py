@@ -36,16 +36,18 @@ from nos.train.tasks import Task, TaskData, get_task, reward
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """How the minimum is measured: the sharpness box ``eps`` and its ascent ``steps``,
-    the power iteration's ``iterations``, the ablation's ``orders`` and ``points``, and
-    the number of training ``examples`` the loss of the first two is taken on."""
+    """How the minimum is measured: the sharpness box ``eps`` and its ascent ``steps``; the
+    power iteration's most ``iterations`` and its relative ``tolerance``; the ablation's
+    random ``orders`` and the ``points`` of its curve; and the number of training
+    ``examples`` (the split's first) on which the loss of the first two is taken."""
 
     eps: float = 1e-3
-    steps: int = 20
-    iterations: int = 50
+    steps: int = 10
+    iterations: int = 30
+    tolerance: float = 1e-3
     orders: int = 3
-    points: int | None = 41
-    examples: int = 1024
+    points: int | None = 21
+    examples: int = 512
 
 
 @dataclass
@@ -119,7 +121,8 @@ def measure(task: Task, model: nn.Module, data: TaskData,
 
     sharpness = epsilon_sharpness(loss, params, eps=settings.eps, steps=settings.steps,
                                   seed=seed)
-    eigenvalue = top_eigenvalue(loss, params, iterations=settings.iterations, seed=seed)
+    eigenvalue = top_eigenvalue(loss, params, iterations=settings.iterations,
+                                tolerance=settings.tolerance, seed=seed)
     try:
         curve = ablation_curve(
             model, lambda m: reward(task, split_metric(task, m, data.test_x, data.test_y)[0]),

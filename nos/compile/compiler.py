@@ -27,13 +27,24 @@ import functools
 from dataclasses import replace
 
 from nos.compile.passes import optimize_program
-from nos.compile.program import SCALAR, TENSOR, Program, ProgramBuilder, Term, broadcast
+from nos.compile.program import (
+    FULL,
+    SCALAR,
+    TENSOR,
+    Program,
+    ProgramBuilder,
+    Term,
+    broadcast,
+    order_by_stage,
+)
 from nos.lang.ops import OPS
 from nos.lang.rule import Rule
 from nos.lang.tree import TENSOR_FACTS, Node, Statement, live_statements, num
 
 
-def _whole_update(update: int, is_tensor: bool) -> Term:
+def _whole_update(update: int, is_tensor: bool, sets: bool = False) -> Term:
+    if sets:
+        return Term("set", (update,))
     if is_tensor:
         return Term("add", (update,))
     return Term("scalar", (), factors=((update, False),))
@@ -114,7 +125,7 @@ def _build(live: list[Statement], zeros: frozenset[str], fixed: dict[str, float]
     state_out: dict[str, int] = {}
     update = -1
     for s in live:
-        if s.kind == "param":
+        if s.kind in ("param", "view"):  # a view is read outside the step
             continue
         value = b.expr(s.expr)  # type: ignore[arg-type]
         if s.kind == "state":
@@ -122,6 +133,9 @@ def _build(live: list[Statement], zeros: frozenset[str], fixed: dict[str, float]
             b.env[s.name] = value
         elif s.kind == "let":
             b.env[s.name] = value
+        elif s.sets:  # the parameter's new value, of its full shape
+            update = value if b.kinds[value] == TENSOR and b.shape(value) == FULL else \
+                b.emit("fill", (value,), kind=TENSOR, shape=FULL)
         else:
             update = value
     return b, state_out, update
@@ -171,11 +185,12 @@ def compile_rule(rule: Rule, zeros: frozenset[str] = frozenset(), optimize: bool
             state_out[name] = b.emit("fill", (slot,), kind=TENSOR, shape=shapes[name])
     scalar_out = {name: state_out.pop(name) for name in list(state_out) if name in numbers}
     params = {s.name: s for s in live if s.kind == "param"}
+    sets = any(s.sets for s in live)
     used_ops = {i.op for i in b.tensor_code}
     program = Program(
         rule=rule, n_slots=len(b.kinds), consts=b.consts, inputs=b.inputs,
         scalar_code=b.scalar_code, tensor_code=b.tensor_code, state_out=state_out,
-        update=update, terms=[_whole_update(update, b.kinds[update] == TENSOR)],
+        update=update, terms=[_whole_update(update, b.kinds[update] == TENSOR, sets)],
         kinds=b.kinds, params=params, buffers=buffers,
         needs_total_steps="T" in b.inputs,
         random=any(i.random for i in b.tensor_code) or any(i.random for i in b.scalar_code),
@@ -184,9 +199,11 @@ def compile_rule(rule: Rule, zeros: frozenset[str] = frozenset(), optimize: bool
                    for op in used_ops) or (base is not None and base.viewed),
         facts=tuple(sorted(TENSOR_FACTS & set(b.inputs))),
         switches=switches(rule),
+        inits={s.name: s.init for s in live if s.kind == "state" and s.init is not None},
     )
     if optimize:
-        optimize_program(program, b)
+        optimize_program(program, b, keep_terms=sets)
+    order_by_stage(program)
     program.copied = _copied_buffers(program)
     return program
 

@@ -9,7 +9,7 @@ Random draws come in the same order for both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -220,28 +220,64 @@ def _inputs(program: Program, env: list, grads, params, buffers) -> None:
         env[program.inputs[name]] = buffers[name]
 
 
+def _complete(steps: Iterator) -> None:
+    for _ in steps:
+        raise RuntimeError("a rule with reductions over all parameters (gsum, gnorm, ...) "
+                           "steps through nos.Optimizer, which joins every bucket")
+
+
 def run_foreach(program: Program, bucket: Bucket, generator) -> None:
     """One step for a bucket with one ``torch._foreach_*`` call per instruction."""
+    _complete(foreach_steps(program, bucket, generator))
+
+
+def run_reference(program: Program, bucket: Bucket, generator) -> None:
+    """The same step, one parameter tensor at a time: the readable reference."""
+    _complete(reference_steps(program, bucket, generator))
+
+
+def _joined(values: dict[int, torch.Tensor], reductions: list[Instr], like: torch.Tensor
+            ) -> dict[int, torch.Tensor]:
+    """The global reductions' values for tensors like ``like`` (their dtype and device)."""
+    return {ins.out: values[ins.out].to(device=like.device, dtype=like.dtype)
+            for ins in reductions}
+
+
+def foreach_steps(program: Program, bucket: Bucket, generator
+                  ) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """:func:`run_foreach` as a generator: at the end of each stage of a program with global
+    reductions it yields their partial values, one per tensor ({slot: partials}), and takes
+    back their joined values ({slot: 0-d tensor}) (:mod:`nos.lang.ops`, ``combine``)."""
     env = bucket.scalars(program)
     _inputs(program, env, bucket.grads, bucket.params,
             {name: list(bucket.buffers[name]) for name in program.buffers})
-    for ins in program.tensor_code:
-        args = [env[a] for a in ins.args]
-        if ins.op == "fill":
-            value = args[0]  # a number, or one tensor per parameter (torch._foreach_norm: a tuple)
-            each = isinstance(value, (list, tuple))
-            env[ins.out] = [_fill(ins, value[i] if each else value, p)
-                            for i, p in enumerate(bucket.params)]
-        elif ins.random and ins.op != "drop":
-            env[ins.out] = _draw(ins, env, bucket.params, generator)
-        else:
-            if ins.op == "drop":
-                args[1] = _draw(ins, env, bucket.params, generator)
-            kernel = KERNELS[ins.op]
-            env[ins.out] = (kernel.foreach_ if ins.inplace else kernel.foreach)(*args)
+    for code, reductions in program.stages:  # type: ignore[union-attr]
+        for ins in code:
+            args = [env[a] for a in ins.args]
+            if ins.op == "fill":
+                value = args[0]  # a number, or one tensor per parameter (_foreach_norm: a tuple)
+                each = isinstance(value, (list, tuple))
+                env[ins.out] = [_fill(ins, value[i] if each else value, p)
+                                for i, p in enumerate(bucket.params)]
+            elif ins.random and ins.op != "drop":
+                env[ins.out] = _draw(ins, env, bucket.params, generator)
+            else:
+                if ins.op == "drop":
+                    args[1] = _draw(ins, env, bucket.params, generator)
+                kernel = KERNELS[ins.op]
+                env[ins.out] = (kernel.foreach_ if ins.inplace else kernel.foreach)(*args)
+        if reductions:
+            values = yield {ins.out: list(OPS[ins.op].foreach(env[ins.args[0]]))
+                            for ins in reductions}
+            joined = _joined(values, reductions, bucket.params[0])
+            for slot, value in joined.items():  # each tensor its own copy: code may write it
+                env[slot] = [value.clone() for _ in bucket.params]
     for name, slot in program.state_out.items():
         value = env[slot]
         bucket.buffers[name][:] = [v.clone() for v in value] if name in program.copied else value
+    if program.terms[0].kind == "set":
+        torch._foreach_copy_(bucket.params, env[program.terms[0].args[0]])
+        return
     if isinstance(bucket.lr, torch.Tensor) or _summed(program, bucket.params[0]):
         _foreach_terms(program, bucket, env)
         return
@@ -260,41 +296,69 @@ def run_foreach(program: Program, bucket: Bucket, generator) -> None:
             torch._foreach_add_(bucket.params, alpha)
 
 
-def run_reference(program: Program, bucket: Bucket, generator) -> None:
-    """The same step, one parameter tensor at a time: the readable reference."""
+def reference_steps(program: Program, bucket: Bucket, generator
+                    ) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """:func:`run_reference` as a generator (see :func:`foreach_steps`).  Each tensor runs a
+    stage in turn; one without global reductions runs its whole step before the next
+    tensor starts, keeping its temporaries in cache."""
     scalars = bucket.scalars(program)
     draws = {ins.out: _draw(ins, scalars, bucket.params, generator)
              for ins in program.tensor_code if ins.random}
-    for i, (p, g) in enumerate(zip(bucket.params, bucket.grads, strict=False)):
+    envs = []
+    for i, p in enumerate(bucket.params):
         env = list(scalars)
-        _inputs(program, env, g, p, {name: bucket.buffers[name][i] for name in program.buffers})
-        for ins in program.tensor_code:
-            args = [env[a] for a in ins.args]
-            if ins.op == "fill":
-                env[ins.out] = _fill(ins, args[0], p)
-            elif ins.random and ins.op != "drop":
-                env[ins.out] = draws[ins.out][i]
-            else:
-                if ins.op == "drop":
-                    args[1] = draws[ins.out][i]
-                kernel = KERNELS[ins.op]
-                env[ins.out] = (kernel.tensor_ if ins.inplace else kernel.tensor)(*args)
-        for name, slot in program.state_out.items():
-            value = env[slot]
-            bucket.buffers[name][i] = value.clone() if name in program.copied else value
-        if isinstance(bucket.lr, torch.Tensor) or _summed(program, p):
-            _terms(program, p, bucket.lr, env)
-            continue
-        for term in program.terms:
-            alpha = -bucket.lr * _coefficient(term, env)
-            args = [env[a] for a in term.args]
-            if term.kind == "scale":
-                p.mul_(1.0 + alpha)
-            elif term.kind == "add":
-                p.add_(args[0], alpha=alpha)
-            elif term.kind == "addcdiv":
-                p.addcdiv_(args[0], args[1], value=alpha)
-            elif term.kind == "addcmul":
-                p.addcmul_(args[0], args[1], value=alpha)
-            else:
-                p.add_(alpha)
+        _inputs(program, env, bucket.grads[i], p,
+                {name: bucket.buffers[name][i] for name in program.buffers})
+        envs.append(env)
+    last = len(program.stages) - 1  # type: ignore[arg-type]
+    for stage, (code, reductions) in enumerate(program.stages):  # type: ignore[arg-type]
+        for i, (p, env) in enumerate(zip(bucket.params, envs, strict=True)):
+            for ins in code:
+                args = [env[a] for a in ins.args]
+                if ins.op == "fill":
+                    env[ins.out] = _fill(ins, args[0], p)
+                elif ins.random and ins.op != "drop":
+                    env[ins.out] = draws[ins.out][i]
+                else:
+                    if ins.op == "drop":
+                        args[1] = draws[ins.out][i]
+                    kernel = KERNELS[ins.op]
+                    env[ins.out] = (kernel.tensor_ if ins.inplace else kernel.tensor)(*args)
+            if stage == last and not reductions:
+                _finish(program, bucket, i, p, env)
+        if reductions:
+            values = yield {ins.out: [OPS[ins.op].tensor(env[ins.args[0]]) for env in envs]
+                            for ins in reductions}
+            joined = _joined(values, reductions, bucket.params[0])
+            for env in envs:
+                for slot, value in joined.items():
+                    env[slot] = value.clone()
+            if stage == last:
+                for i, (p, env) in enumerate(zip(bucket.params, envs, strict=True)):
+                    _finish(program, bucket, i, p, env)
+
+
+def _finish(program: Program, bucket: Bucket, i: int, p: torch.Tensor, env: list) -> None:
+    """Tensor i's buffers written back and its parameter stepped."""
+    for name, slot in program.state_out.items():
+        value = env[slot]
+        bucket.buffers[name][i] = value.clone() if name in program.copied else value
+    if program.terms[0].kind == "set":
+        p.copy_(env[program.terms[0].args[0]])
+        return
+    if isinstance(bucket.lr, torch.Tensor) or _summed(program, p):
+        _terms(program, p, bucket.lr, env)
+        return
+    for term in program.terms:
+        alpha = -bucket.lr * _coefficient(term, env)
+        args = [env[a] for a in term.args]
+        if term.kind == "scale":
+            p.mul_(1.0 + alpha)
+        elif term.kind == "add":
+            p.add_(args[0], alpha=alpha)
+        elif term.kind == "addcdiv":
+            p.addcdiv_(args[0], args[1], value=alpha)
+        elif term.kind == "addcmul":
+            p.addcmul_(args[0], args[1], value=alpha)
+        else:
+            p.add_(alpha)

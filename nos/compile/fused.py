@@ -91,6 +91,7 @@ def _step_function(program: Program) -> Callable:
     g_slot, w_slot = program.inputs.get("g"), program.inputs.get("w")
     update = program.update
     update_is_tensor = program.kinds[update] == TENSOR
+    sets = program.terms[0].kind == "set"
     inputs = set(program.inputs.values())
 
     def step(params: list, grads: list, buffers: list, scalars: torch.Tensor) -> None:
@@ -119,6 +120,9 @@ def _step_function(program: Program) -> Callable:
                           for b, slot in outputs]
             for b, value in new_values:
                 buffers[b][i].copy_(value)
-            p.sub_(delta if update_is_tensor else torch.zeros_like(p) + delta)
+            if sets:  # the rule gives the parameter's new value
+                p.copy_(env[update])
+            else:
+                p.sub_(delta if update_is_tensor else torch.zeros_like(p) + delta)
 
     return step

@@ -24,7 +24,16 @@ from collections import Counter
 from dataclasses import replace
 
 from nos.compile.kernels import KERNELS
-from nos.compile.program import FULL, ONE, TENSOR, Instr, Program, ProgramBuilder, Term
+from nos.compile.program import (
+    FULL,
+    ONE,
+    TENSOR,
+    Instr,
+    Program,
+    ProgramBuilder,
+    Term,
+    order_by_stage,
+)
 
 END = 1 << 30
 
@@ -244,11 +253,16 @@ class _Passes:
         self.p.tensor_code = code
 
 
-def optimize_program(program: Program, builder: ProgramBuilder) -> None:
+def optimize_program(program: Program, builder: ProgramBuilder, keep_terms: bool = False
+                     ) -> None:
+    """The passes in order; ``keep_terms`` keeps the step's terms as they are (a rule that
+    sets the parameter)."""
     passes = _Passes(program, builder)
-    passes.terms()
+    if not keep_terms:
+        passes.terms()
     passes.prune()
     passes.fuse()
     passes.prune()
+    order_by_stage(program)  # in place decides on the order the executors run
     passes.in_place()
     program.n_slots = len(builder.kinds)

@@ -28,10 +28,11 @@ FULL: frozenset[str] = frozenset()
 ROW = frozenset({"row"})  # the last dimension reduced
 COL = frozenset({"col"})  # the second-to-last dimension reduced
 ONE = frozenset({"row", "col", "lead"})  # one number per tensor (a 0-d tensor)
-REDUCED = {"all": ONE, "row": ROW, "col": COL}
+REDUCED = {"all": ONE, "row": ROW, "col": COL, "global": ONE}
+GLOBAL = frozenset(name for name, op in OPS.items() if op.reduce == "global")
 # The operations whose result depends on how many elements hold a value (the others, mean,
 # rms, amax, rowmean and colmean, give the same on a reduced value as on it broadcast).
-WHOLE = frozenset({"sum", "norm", "newton_schulz"})
+WHOLE = frozenset({"sum", "norm", "newton_schulz"}) | GLOBAL
 
 
 def broadcast(*shapes: frozenset[str]) -> frozenset[str]:
@@ -111,6 +112,17 @@ class Program:
     facts: tuple[str, ...] = ()  # the per-tensor facts (ndim, rows, ...) the code reads
     scalar_out: dict[str, int] | None = None  # number buffer -> slot of its new value
     switches: frozenset[str] = frozenset()  # params a group's program is compiled for
+    # The tensor code in stages, each ended by the global reductions (gsum, gnorm, ...) that
+    # the next reads: a step runs a stage on every tensor of every group, then joins the
+    # reductions' partial values (nos.lang.ops.combine).  One stage without reductions for
+    # most rules.
+    stages: list[tuple[list[Instr], list[Instr]]] | None = None
+    inits: dict[str, Node] | None = None  # buffer or number -> its value before a first step
+
+    @property
+    def crosses(self) -> bool:
+        """Reads reductions over all the parameters (a step joins every bucket)."""
+        return any(reductions for _, reductions in self.stages or ())
 
     def shape(self, slot: int) -> frozenset[str]:
         return (self.shapes or {}).get(slot, FULL)
@@ -266,3 +278,26 @@ class ProgramBuilder:
             return self.emit("annealed_noise", (self.input("t", SCALAR),), kind=TENSOR,
                              random=True)
         raise RuleCompileError(f"'{word}' has no value here")  # parse() prevents this
+
+
+def order_by_stage(program: Program) -> None:
+    """Order the tensor code by stage and cut it into ``program.stages``.
+
+    An instruction's stage is the latest stage of its operands; a global reduction runs
+    at the end of its operand's stage and its value is there from the next one.
+    """
+    ready: dict[int, int] = {}
+    keyed = []
+    for index, ins in enumerate(program.tensor_code):
+        level = max((ready.get(a, 0) for a in ins.args), default=0)
+        is_global = ins.op in GLOBAL
+        ready[ins.out] = level + 1 if is_global else level
+        keyed.append((level, is_global, index, ins))
+    keyed.sort(key=lambda k: k[:3])
+    program.tensor_code = [k[3] for k in keyed]
+    stages: list[tuple[list[Instr], list[Instr]]] = []
+    for level, is_global, _, ins in keyed:
+        while len(stages) <= level:
+            stages.append(([], []))
+        stages[level][1 if is_global else 0].append(ins)
+    program.stages = stages or [([], [])]

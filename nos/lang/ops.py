@@ -19,6 +19,13 @@ parameter tensor: ``"all"`` gives one number per tensor (``norm``, ``mean``, ...
 keeping it (a tensor of fewer than two dimensions is seen as a column, (n, 1)).
 A *matrix* function reads the parameter's 2-D view (``newton_schulz``).  Their
 results broadcast back against the parameter's shape.
+
+A *global* reduction (``reduce="global"``: ``gsum``, ``gnorm``, ...) reads every
+parameter the optimizer steps, in every group: its ``tensor``/``foreach`` forms give
+one partial value per tensor, and :func:`combine` joins the partials of all tensors.
+A few functions are shorthand (``desugar``): ``dot``, ``cosine``, ``clip_gnorm``,
+``winmax`` and ``winmin`` are written out in the core operations before compiling
+(:mod:`nos.lang.desugar`).
 """
 
 from __future__ import annotations
@@ -225,6 +232,22 @@ def newton_schulz(x, a, b, c, steps, eps, bits):
     return o.to(x.dtype)
 
 
+def combine(name: str, partials: list[torch.Tensor], count: int) -> torch.Tensor:
+    """A global reduction's value from the partial values of every tensor (``count``
+    elements in all), in float64 on the first partial's device: sums add, norms join as
+    the norm of the norms (as ``torch.nn.utils.clip_grad_norm_``), maxima take the max."""
+    device = partials[0].device
+    stacked = torch.stack([p.to(device=device, dtype=torch.float64).reshape(())
+                           for p in partials])
+    if name in ("gsum", "gmean"):
+        total = stacked.sum()
+        return total / max(count, 1) if name == "gmean" else total
+    if name in ("gnorm", "grms"):
+        norm = torch.linalg.vector_norm(stacked)
+        return norm / math.sqrt(max(count, 1)) if name == "grms" else norm
+    return stacked.amax()
+
+
 def _per_tensor(fn):
     """The multi-tensor form of an operation that has no torch._foreach_ form."""
 
@@ -327,12 +350,14 @@ class Op:
     constant_args: tuple[int, ...] = ()  # argument positions that must not depend on tensors
     schedule: bool = False  # scalar(*args, t, T): reads the step and the total
     random: bool = False  # draws from the optimizer's generator
-    reduce: str = ""  # "all": one number per tensor; "row", "col": over one dimension
+    reduce: str = ""  # "all": one number per tensor; "row", "col": over one dimension;
+    # "global": one number for all the parameters (tensor/foreach give partials, see combine)
     matrix: bool = False  # reads the parameter's 2-D view
+    desugar: bool = False  # shorthand, written out by nos.lang.desugar before compiling
 
     @property
     def elementwise(self) -> bool:
-        return not self.reduce and not self.matrix
+        return not self.reduce and not self.matrix and not self.desugar
 
 
 def _fn(name: str) -> Callable[..., str]:
@@ -404,6 +429,38 @@ OPS: dict[str, Op] = {
            lambda *a: rf"\operatorname{{NS}}_{{{a[4]}}}\left({a[0]}\right)", None,
            newton_schulz, _per_tensor(newton_schulz), constant_args=(1, 2, 3, 4, 5, 6),
            matrix=True),
+        # reductions over every parameter the optimizer steps (all groups)
+        Op("gsum", 1, "gsum(x)", "the sum of x over every parameter the optimizer steps",
+           lambda a: rf"\sum_{{\mathcal{{W}}}} {a}", None, torch.sum, _per_tensor(torch.sum),
+           reduce="global"),
+        Op("gmean", 1, "gmean(x)", "the mean of x over every parameter the optimizer steps",
+           lambda a: rf"\overline{{{a}}}^{{\,\mathcal{{W}}}}", None, torch.sum,
+           _per_tensor(torch.sum), reduce="global"),
+        Op("gnorm", 1, "gnorm(x)", "the global 2-norm of x over every parameter the "
+           "optimizer steps (the norm of the tensors' norms)",
+           lambda a: rf"\left\|{a}\right\|_{{\mathcal{{W}}}}", None, torch.linalg.vector_norm,
+           torch._foreach_norm, reduce="global"),
+        Op("grms", 1, "grms(x)", "gnorm(x) / sqrt(the number of elements of all parameters)",
+           lambda a: rf"\mathrm{{rms}}_{{\mathcal{{W}}}}\left({a}\right)", None,
+           torch.linalg.vector_norm, torch._foreach_norm, reduce="global"),
+        Op("gamax", 1, "gamax(x)", "the largest element of x over every parameter the "
+           "optimizer steps", lambda a: rf"\max_{{\mathcal{{W}}}} {a}", None, torch.amax,
+           _per_tensor(torch.amax), reduce="global"),
+        # shorthand (nos.lang.desugar)
+        Op("dot", 2, "dot(a, b)", "the tensor's dot product, sum(a * b)",
+           lambda a, b: rf"\langle {a}, {b} \rangle", None, desugar=True),
+        Op("cosine", 2, "cosine(a, b)", "cosine similarity per tensor, dot(a, b) / "
+           "(max(norm(a), 1e-8) max(norm(b), 1e-8)), as torch's cosine_similarity",
+           _fn("cos"), None, desugar=True),
+        Op("clip_gnorm", 2, "clip_gnorm(x, c)", "x scaled to a global norm of at most c: "
+           "x min(1, c / (gnorm(x) + 1e-6)), as torch.nn.utils.clip_grad_norm_",
+           _fn("clip_{\mathcal{W}}"), None, constant_args=(1,), desugar=True),
+        Op("winmax", 2, "winmax(x, n)", "the largest of the last n values of x (a number per "
+           "tensor): a window of n kept numbers", lambda a, n: rf"\max_{{{n}}}\left({a}\right)",
+           None, constant_args=(1,), desugar=True),
+        Op("winmin", 2, "winmin(x, n)", "the smallest of the last n values of x (shares its "
+           "window with winmax(x, n))", lambda a, n: rf"\min_{{{n}}}\left({a}\right)", None,
+           constant_args=(1,), desugar=True),
         Op("drop", 2, "drop(x, p)",
            "dropout: zero each element with probability p, scale the rest by 1/(1-p)",
            _fn("drop"), None, constant_args=(1,), random=True),

@@ -19,7 +19,7 @@ from lark import Lark, Token, Transformer, v_args
 
 from nos.lang.ops import FUNCTIONS
 from nos.lang.printer import bounds_text
-from nos.lang.tree import PRIMITIVES, Bounds, Node, Statement, names_read
+from nos.lang.tree import PRIMITIVES, TENSOR_FACTS, VIEWS, Bounds, Node, Statement, names_read
 
 MAX_DEPTH = 100  # deeper expressions are refused rather than risking the stack
 MAX_LENGTH = 100_000
@@ -32,6 +32,7 @@ _READABLE = {
     "STATE": "'state'",
     "LET": "'let'",
     "UPDATE": "'update'",
+    "FROM": "'from'",
     "_NL": "a new line",
     "$END": "the end of the rule",
 }
@@ -158,8 +159,17 @@ class _TreeBuilder(Transformer):
             )
         return Statement("param", str(name), None, float(value), bounds, kw.line, kw.column)
 
-    def state(self, kw: Token, name: Token, expr: Node) -> Statement:
-        return Statement("state", str(name), expr, line=kw.line, column=kw.column)
+    def state(self, kw: Token, name: Token, expr: Node, _from: Token | None,
+              init: Node | None) -> Statement:
+        return Statement("state", str(name), expr, line=kw.line, column=kw.column, init=init)
+
+    def assign(self, name: Token, expr: Node) -> Statement:
+        if str(name) == "w":
+            return Statement("update", "w", expr, line=name.line, column=name.column)
+        if str(name) in VIEWS:
+            return Statement("view", str(name), expr, line=name.line, column=name.column)
+        raise _fail(f"'{name} = ...' needs 'let', 'state' or 'param' in front (only w, "
+                    f"eval_w and train_w are given a value directly)", name)
 
     def let(self, kw: Token, name: Token, expr: Node) -> Statement:
         return Statement("let", str(name), expr, line=kw.line, column=kw.column)
@@ -306,15 +316,22 @@ def _check(statements: tuple[Statement, ...], prelude: dict[str, Statement] | No
         raise RuleSyntaxError("missing 'update': a rule needs exactly one 'update = ...'",
                               "", line=-1, column=-1)
     if len(updates) > 1:
-        raise _fail(f"repeated 'update' (the first is on line {updates[0].line})", updates[1])
+        first = "'w = ...'" if updates[0].sets else "'update'"
+        raise _fail(f"a rule has one 'update = ...' or 'w = ...' ({first} is on line "
+                    f"{updates[0].line})", updates[1])
+    _check_views(statements, prelude or {})
     declared = {s.name for s in statements if s.kind in ("param", "state")}
     available = set(prelude or {}) - {s.name for s in statements}
     defined: dict[str, Statement] = {}
     for s in statements:
         if s.expr is not None:
             _check_names(s.expr, declared | set(defined) | available, defined, statements)
-        if s.kind == "update":
+        if s.init is not None:
+            _check_names(s.init, declared | set(defined) | available, defined, statements)
+        if s.kind in ("update", "view"):
             continue
+        if s.name.startswith("__"):
+            raise _fail(f"'{s.name}': names that start with '__' are reserved", s)
         if s.name in PRIMITIVES:
             raise _fail(f"cannot assign to the primitive '{s.name}'", s)
         if s.name in FUNCTIONS:
@@ -323,6 +340,50 @@ def _check(statements: tuple[Statement, ...], prelude: dict[str, Statement] | No
             first = defined[s.name]
             raise _fail(f"'{s.name}' is already defined (as {first.kind}, line {first.line})", s)
         defined[s.name] = s
+
+
+# What a view or a state's initial value may read: no gradient or draw exists then, and a
+# let's value is not kept between steps.
+_VIEW_PRIMITIVES = frozenset({"w", "t", "lr"}) | TENSOR_FACTS
+_INIT_PRIMITIVES = frozenset({"w"}) | TENSOR_FACTS
+
+
+def _check_views(statements: tuple[Statement, ...], prelude: dict[str, Statement]) -> None:
+    """Views are given once each (``train_w`` only beside ``eval_w``); they and the initial
+    values of states read what exists outside a step."""
+    kinds = {name: s.kind for name, s in prelude.items()}
+    kinds.update((s.name, s.kind) for s in statements)
+    seen: dict[str, Statement] = {}
+    for s in statements:
+        if s.kind == "view":
+            if s.name in seen:
+                raise _fail(f"repeated '{s.name}' (the first is on line {seen[s.name].line})", s)
+            seen[s.name] = s
+        exprs = [(s.expr, s.name, _VIEW_PRIMITIVES, ("param", "state"))] if s.kind == "view" \
+            else []
+        if s.init is not None:
+            exprs.append((s.init, f"the initial value of '{s.name}'", _INIT_PRIMITIVES,
+                          ("param",)))
+        for expr, what, primitives, kinds_read in exprs:
+            for node in expr.walk():
+                if node.op in FUNCTIONS and FUNCTIONS[node.op].reduce == "global":
+                    raise _fail(f"{what} cannot read {node.op}: it reduces over a step's "
+                                f"gradients", node)
+                if node.op in FUNCTIONS and (FUNCTIONS[node.op].random
+                                             or FUNCTIONS[node.op].schedule):
+                    raise _fail(f"{what} cannot call {node.op}", node)
+                if node.op != "name":
+                    continue
+                word = str(node.value)
+                if word in PRIMITIVES and word not in primitives:
+                    raise _fail(f"{what} cannot read '{word}' (it reads "
+                                f"{', '.join(sorted(primitives))}, {' and '.join(k + 's' for k in kinds_read)})",
+                                node)
+                if word not in PRIMITIVES and kinds.get(word, "param") not in kinds_read:
+                    raise _fail(f"{what} cannot read the {kinds[word]} '{word}' (it reads "
+                                f"{' and '.join(k + 's' for k in kinds_read)})", node)
+    if "train_w" in seen and "eval_w" not in seen:
+        raise _fail("'train_w' needs an 'eval_w' (the view it goes back from)", seen["train_w"])
 
 
 def _check_names(expr: Node, visible: set[str], defined: dict, statements) -> None:

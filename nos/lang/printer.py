@@ -75,14 +75,15 @@ def statement_text(s: Statement) -> str:
     if s.kind == "param":
         text = f"param {s.name} = {format_number(s.default)}"  # type: ignore[arg-type]
         return text + (f" in {bounds_text(s.bounds)}" if s.bounds else "")
-    if s.kind == "update":
-        return f"update = {expr_text(s.expr)}"  # type: ignore[arg-type]
-    return f"{s.kind} {s.name} = {expr_text(s.expr)}"  # type: ignore[arg-type]
+    if s.kind in ("update", "view"):
+        return f"{s.name} = {expr_text(s.expr)}"  # type: ignore[arg-type]
+    init = f" from {expr_text(s.init)}" if s.init is not None else ""
+    return f"{s.kind} {s.name} = {expr_text(s.expr)}{init}"  # type: ignore[arg-type]
 
 
 def to_text(statements: tuple[Statement, ...]) -> str:
     """Canonical text: a bare expression when the rule is only its update."""
-    if len(statements) == 1:
+    if len(statements) == 1 and not statements[0].sets:
         return expr_text(update_of(statements))
     return "\n".join(statement_text(s) for s in statements)
 
@@ -143,15 +144,22 @@ def expr_latex(node: Node, min_prec: int = 0) -> str:
 
 def to_latex(statements: tuple[Statement, ...]) -> str:
     """The rule as LaTeX: one line per statement, in an aligned block when several."""
-    if len(statements) == 1:
+    if len(statements) == 1 and not statements[0].sets:
         return rf"\Delta w = {expr_latex(update_of(statements))}"
     lines = []
     for s in statements:
         if s.kind == "param":
             lines.append(rf"{latex_name(s.name)} &= {_latex_number(s.default)}")  # type: ignore[arg-type]
+        elif s.sets:
+            lines.append(rf"w &\leftarrow {expr_latex(s.expr)}")  # type: ignore[arg-type]
         elif s.kind == "update":
             lines.append(rf"\Delta w &= {expr_latex(s.expr)}")  # type: ignore[arg-type]
+        elif s.kind == "view":
+            mode = s.name.split("_")[0]
+            lines.append(rf"w_{{\mathrm{{{mode}}}}} &= {expr_latex(s.expr)}")  # type: ignore[arg-type]
         else:
             arrow = r"\leftarrow" if s.kind == "state" else "="
-            lines.append(rf"{latex_name(s.name)} &{arrow} {expr_latex(s.expr)}")  # type: ignore[arg-type]
+            init = (rf" \quad ({latex_name(s.name)}_0 = {expr_latex(s.init)})"
+                    if s.init is not None else "")
+            lines.append(rf"{latex_name(s.name)} &{arrow} {expr_latex(s.expr)}{init}")  # type: ignore[arg-type]
     return "\\begin{aligned}\n" + " \\\\\n".join(lines) + "\n\\end{aligned}"

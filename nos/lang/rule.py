@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from nos.lang.desugar import DesugarError, desugar
 from nos.lang.parser import RuleSyntaxError, parse_statements, prelude_for, relocate
 from nos.lang.printer import to_latex, to_text
 from nos.lang.tree import (
@@ -104,10 +105,13 @@ class Rule:
     @functools.cached_property
     def _expanded(self) -> Rule:
         front = prelude_for(self.statements)
-        return Rule(front + self.statements) if front else self
+        statements = desugar(front + self.statements)
+        return self if statements == self.statements else Rule(statements)
 
     def expanded(self) -> Rule:
-        """The rule with the prelude definitions it uses written out in front."""
+        """The rule with the prelude definitions it uses written out in front, and its
+        shorthand (``dot``, ``winmax``, ...) in the core operations
+        (:mod:`nos.lang.desugar`)."""
         return self._expanded
 
 
@@ -119,6 +123,9 @@ def parse(text: str) -> Rule:
     statements = parse_statements(text)
     try:
         prelude_for(statements)
+        desugar(statements)
     except RuleSyntaxError as err:
         raise relocate(err, text) from None
+    except DesugarError as err:
+        raise RuleSyntaxError(err.reason, text, err.node.line, err.node.column) from None
     return Rule(statements)

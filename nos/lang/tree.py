@@ -92,15 +92,30 @@ class Bounds:
 
 @dataclass(frozen=True)
 class Statement:
-    """``param NAME = default [in bounds]``, ``state``/``let NAME = expr``, or ``update = expr``."""
+    """``param NAME = default [in bounds]``, ``state NAME = expr [from init]``,
+    ``let NAME = expr``, ``update = expr`` (or ``w = expr``: the parameter's new value),
+    or a view ``eval_w = expr`` / ``train_w = expr``."""
 
-    kind: str  # "param" | "state" | "let" | "update"
-    name: str
+    kind: str  # "param" | "state" | "let" | "update" | "view"
+    name: str  # "update" or "w" for an update; "eval_w" or "train_w" for a view
     expr: Node | None = None  # None for a param
     default: float | None = None  # params only
     bounds: Bounds | None = None  # params only
     line: int = field(default=0, compare=False, repr=False)
     column: int = field(default=0, compare=False, repr=False)
+    init: Node | None = None  # a state's value before the first step (zero when None)
+
+    @property
+    def sets(self) -> bool:
+        """An update that gives the parameter's new value (``w = expr``) rather than the
+        step's ``update`` (``w <- w - lr * update``)."""
+        return self.kind == "update" and self.name == "w"
+
+
+# The views a rule may give of its parameters besides the training point (Schedule-Free's
+# averaged iterate): ``optimizer.eval()`` sets each parameter to ``eval_w``, and
+# ``optimizer.train()`` back to ``train_w`` (or to the value it had, kept until then).
+VIEWS = ("eval_w", "train_w")
 
 
 def update_of(statements: tuple[Statement, ...]) -> Node:
@@ -114,19 +129,26 @@ def names_read(statements: tuple[Statement, ...]) -> frozenset[str]:
     for s in statements:
         if s.expr is not None:
             used |= s.expr.names()
+        if s.init is not None:
+            used |= s.init.names()
     return frozenset(used)
 
 
 def live_statements(statements: tuple[Statement, ...]) -> tuple[Statement, ...]:
-    """The statements the update depends on (a buffer read by them keeps its statement)."""
-    update = next(s for s in statements if s.kind == "update")
-    needed = set(update.expr.names())  # type: ignore[union-attr]
+    """The statements the update and the views depend on (a buffer read by them keeps its
+    statement, and what its initial value reads)."""
+    needed: set[str] = set()
+    for s in statements:
+        if s.kind in ("update", "view"):
+            needed |= s.expr.names()  # type: ignore[union-attr]
     while True:
         grown = set(needed)
         for s in statements:
             if s.name in needed and s.expr is not None:
                 grown |= s.expr.names()
+            if s.name in needed and s.init is not None:
+                grown |= s.init.names()
         if grown == needed:
             break
         needed = grown
-    return tuple(s for s in statements if s.kind == "update" or s.name in needed)
+    return tuple(s for s in statements if s.kind in ("update", "view") or s.name in needed)

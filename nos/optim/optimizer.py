@@ -22,15 +22,18 @@ from typing import Any
 import torch
 
 from nos.compile.compiler import compile_rule
+from nos.compile.evaluate import evaluate
 from nos.compile.executors import (
     Bucket,
+    foreach_steps,
     matrix_view,
+    reference_steps,
     run_foreach,
     run_reference,
     tensor_facts,
 )
 from nos.compile.program import FULL, Program, shape_of
-from nos.lang.ops import OPS
+from nos.lang.ops import OPS, combine
 from nos.lang.rule import Rule, parse
 from nos.lang.tree import TENSOR_FACTS, Statement
 from nos.optim.keywords import (
@@ -47,6 +50,8 @@ from nos.optim.keywords import (
 DEFAULT_LR = 1e-3
 FOREACH_LIMIT = 1 << 16  # mean elements per tensor from which the CPU steps one at a time
 GENERATORS = "generators"  # the state_dict key of a seeded random rule's generators
+TRAIN_MODE = "train_mode"  # a group key of rules with views: False after eval()
+KEPT_W = "w_train"  # the parameter's training value, kept while eval() shows another
 
 
 def resolve(rule: Rule | str) -> tuple[Rule, float | None, str]:
@@ -139,18 +144,6 @@ class Optimizer(torch.optim.Optimizer):
     read ``lr`` themselves (Rprop, ASGD, Adafactor).
     """
 
-    def __new__(cls, params: Iterable = (), rule: Rule | str = "adam", *args: Any,
-                **kwargs: Any) -> Any:
-        """A learned optimizer's checkpoint (a path ending in ``.pt``, written by ``nos
-        learn``) gives a :class:`nos.learned.LearnedOptimizer`; anything else a rule's."""
-        from nos.learned.checkpoint import is_checkpoint_path
-
-        if cls is Optimizer and is_checkpoint_path(rule):
-            from nos.learned.optimizer import LearnedOptimizer
-
-            return LearnedOptimizer(params, rule, *args, **kwargs)
-        return super().__new__(cls)
-
     def __init__(
         self,
         params: Iterable,
@@ -189,9 +182,14 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError(f"foreach and fused cannot both be True (rule {self.name})")
         if self.fused and self.program.random:
             raise ValueError("fused=True does not support random rules (noise, drop)")
+        if self.fused and self.program.crosses:
+            raise ValueError(f"fused=True does not support reductions over all parameters "
+                             f"(gsum, gnorm, ...; rule {self.name}); use the default path")
         self.seed = seed
         self._saved_generators: dict[str, torch.Tensor] = {}  # loaded, not yet used
         defaults: dict[str, Any] = {"lr": lr, "maximize": bool(maximize)}
+        if self._views:
+            defaults[TRAIN_MODE] = True
         defaults.update({name: s.default for name, s in self._declared.items()})
         self._check_keys(hyper)
         split_tuples(hyper, self._tuples, self.name)
@@ -215,11 +213,14 @@ class Optimizer(torch.optim.Optimizer):
         self._matrix_calls = [node for s in self.rule.expanded().statements if s.expr is not None
                               for node in s.expr.walk()
                               if node.op in OPS and OPS[node.op].matrix]
+        self._views = {s.name: s.expr for s in self.rule.expanded().statements
+                       if s.kind == "view"}
         if "name" not in self.__dict__:
             self.name = _short(str(self.rule))
 
     def _check_keys(self, group: dict) -> None:
-        allowed = {"params", "lr", "initial_lr", "maximize", *self._declared, *self._tuples}
+        allowed = {"params", "lr", "initial_lr", "maximize", TRAIN_MODE, *self._declared,
+                   *self._tuples}
         unknown = sorted(set(group) - allowed)
         if unknown:
             names = ", ".join(sorted(set(self._declared) | set(self._tuples))) or "none"
@@ -350,7 +351,11 @@ class Optimizer(torch.optim.Optimizer):
                 state["step"] = 1
 
     def _key(self, hyper: dict[str, float], facts: dict[str, float] | None) -> tuple:
-        """What a group's program is compiled for: its zero params and its switches."""
+        """What a group's program is compiled for: its zero params and its switches (none
+        for a rule with global reductions: every group runs one program, so that each
+        reduction reads every parameter)."""
+        if self.program.crosses:
+            return frozenset(), ()
         zeros = frozenset(name for name, value in hyper.items() if value == 0)
         fixed = tuple((name, float(hyper[name])) for name in self._switch_params
                       if name not in zeros)
@@ -405,11 +410,17 @@ class Optimizer(torch.optim.Optimizer):
             params.append(p)
         return params
 
-    def _buckets(self, params: list[torch.Tensor]) -> dict[tuple, tuple[list, list, list]]:
+    def _buckets(self, params: list[torch.Tensor], hyper: dict[str, float]
+                 ) -> dict[tuple, tuple[list, list, list]]:
         """Tensors by device, dtype, step, and the facts and numbers the rule reads."""
         buckets: dict[tuple, tuple[list, list, list]] = {}
+        inits = self.program.inits or {}
         for p in params:
             state = self.state[p]
+            if "step" not in state:
+                for name in self.program.scalar_state:
+                    if name in inits:
+                        state[name] = float(evaluate(inits[name], {**hyper, **tensor_facts(p)}))
             state["step"] = state.get("step", 0) + 1
             key = (p.device, p.dtype, state["step"], (), ())
             if self._facts or self.program.scalar_state:
@@ -434,9 +445,12 @@ class Optimizer(torch.optim.Optimizer):
         return run_reference if large else run_foreach
 
     @staticmethod
-    def _buffers(program: Program, ps: list, states: list) -> dict[str, list[torch.Tensor]]:
-        """The program's buffers for a bucket, made (zeros of their shape) where missing."""
+    def _buffers(program: Program, ps: list, states: list, hyper: dict[str, float]
+                 ) -> dict[str, list[torch.Tensor]]:
+        """The program's buffers for a bucket, made where missing: zeros of their shape, or
+        the state's ``from`` value."""
         buffers = {}
+        inits = program.inits or {}
         for name in program.buffers:
             if not program.viewed:
                 try:  # the common case: every buffer made already
@@ -451,6 +465,11 @@ class Optimizer(torch.optim.Optimizer):
                     like = matrix_view(p) if program.viewed and shape != FULL else p
                     state[name] = torch.zeros(shape_of(shape, like), dtype=p.dtype,
                                               device=p.device)
+                    if name in inits:
+                        value = evaluate(inits[name], {**hyper, **tensor_facts(p), "w": like},
+                                         like)
+                        state[name].copy_(value) if isinstance(value, torch.Tensor) \
+                            else state[name].fill_(value)
                 buffer = state[name]
                 tensors.append(matrix_view(buffer) if program.viewed and shape == FULL
                                else buffer)
@@ -464,6 +483,9 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         # all that can refuse the step is done before any state or parameter changes
+        if self._views and not all(group[TRAIN_MODE] for group in self.param_groups):
+            raise RuntimeError(f"the parameters hold the evaluation view of rule {self.name}: "
+                               f"call optimizer.train() before step()")
         work = []
         for group in self.param_groups:
             hyper = {name: group[name] for name in self.program.params}
@@ -472,14 +494,16 @@ class Optimizer(torch.optim.Optimizer):
             if key is not None:
                 self._specialised(key)
             work.append((group, hyper, params, key))
+        jobs = []
         for group, hyper, params, group_key in work:
             lr = group["lr"]
             lr = lr if isinstance(lr, torch.Tensor) else float(lr)
-            for (_, _, t, facts, numbers), (ps, gs, states) in self._buckets(params).items():
+            for (_, _, t, facts, numbers), (ps, gs, states) in \
+                    self._buckets(params, hyper).items():
                 facts = dict(zip(self._facts, facts, strict=True))
                 key = group_key or self._key(hyper, facts)
                 program = self._specialised(key)
-                buffers = self._buffers(program, ps, states)
+                buffers = self._buffers(program, ps, states, hyper)
                 if group["maximize"]:
                     gs = torch._foreach_neg(gs)
                 if program.viewed:
@@ -487,20 +511,87 @@ class Optimizer(torch.optim.Optimizer):
                 numbers = dict(zip(self.program.scalar_state, numbers, strict=True))
                 bucket = Bucket(ps, gs, buffers, hyper, lr, t, self.total_steps, facts,
                                 numbers)
-                if self.fused:
-                    self._fused_step(key)(bucket)
-                else:
-                    self._executor(ps)(program, bucket, self._generator)
-                for name, tensors in buffers.items():
-                    for state, tensor in zip(states, tensors, strict=False):
-                        old = state[name]
-                        if tensor is not old:
-                            state[name] = tensor.view(old.shape) \
-                                if tensor.shape != old.shape else tensor
-                for name, value in (bucket.numbers or {}).items():
-                    for state in states:
-                        state[name] = value
+                jobs.append((program, bucket, key, states))
+        if self.program.crosses:
+            self._joined(jobs)
+        for program, bucket, key, states in jobs:
+            if self.fused:
+                self._fused_step(key)(bucket)
+            elif not self.program.crosses:  # else stepped by _joined
+                self._executor(bucket.params)(program, bucket, self._generator)
+            for name, tensors in bucket.buffers.items():
+                for state, tensor in zip(states, tensors, strict=False):
+                    old = state[name]
+                    if tensor is not old:
+                        state[name] = tensor.view(old.shape) \
+                            if tensor.shape != old.shape else tensor
+            for name, value in (bucket.numbers or {}).items():
+                for state in states:
+                    state[name] = value
         return loss
+
+    def _joined(self, jobs: list) -> None:
+        """Step every bucket together, stage by stage: at the end of a stage the global
+        reductions' partial values of all tensors are joined (nos.lang.ops.combine)."""
+        if not jobs:
+            return
+        steps = [(foreach_steps if self._executor(bucket.params) is run_foreach
+                  else reference_steps)(program, bucket, self._generator)
+                 for program, bucket, _, _ in jobs]
+        ops = {ins.out: ins.op for _, reductions in jobs[0][0].stages for ins in reductions}
+        count = sum(p.numel() for _, bucket, _, _ in jobs for p in bucket.params)
+        partials = [next(s, None) for s in steps]
+        while partials[0] is not None:
+            values = {slot: combine(ops[slot], [x for part in partials for x in part[slot]],
+                                    count) for slot in partials[0]}
+            partials = [_send(s, values) for s in steps]
+
+    # --- views: Schedule-Free's optimizer.eval() and optimizer.train() ---------------
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Set every parameter to the rule's ``eval_w`` view (Schedule-Free's averaged
+        point), to evaluate or save the model; :meth:`train` goes back.  Without
+        ``train_w`` the training value is kept meanwhile (one copy of the parameters).
+        Nothing to do for rules without views."""
+        self._set_view("eval_w", to_train=False)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Set every parameter back to its training value (the rule's ``train_w``, or the
+        value kept by :meth:`eval`); a step needs the training value."""
+        self._set_view("train_w", to_train=True)
+
+    def _set_view(self, view: str, to_train: bool) -> None:
+        if not self._views:
+            return
+        for group in self.param_groups:
+            if group[TRAIN_MODE] == to_train:
+                continue
+            hyper = {name: group[name] for name in self._declared}
+            for p in group["params"]:
+                state = self.state.get(p)
+                if not state:  # never stepped: the parameter is its own view
+                    continue
+                w = matrix_view(p) if self.program.viewed else p
+                if to_train and view not in self._views:
+                    w.copy_(state.pop(KEPT_W))
+                    continue
+                names = {**hyper, **{k: v for k, v in state.items() if k != "step"},
+                         **tensor_facts(p), "w": w, "t": float(state["step"]),
+                         "lr": float(group["lr"])}
+                value = evaluate(self._views[view], names, w)
+                if not to_train and "train_w" not in self._views:
+                    state[KEPT_W] = p.detach().clone()
+                w.copy_(value) if isinstance(value, torch.Tensor) else w.fill_(value)
+            group[TRAIN_MODE] = to_train
 
     def __repr__(self) -> str:
         return f"nos.Optimizer({str(self.rule)!r}, lr={self.defaults['lr']})"
+
+
+def _send(steps, values: dict) -> dict | None:
+    try:
+        return steps.send(values)
+    except StopIteration:
+        return None

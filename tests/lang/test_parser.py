@@ -162,8 +162,9 @@ MALFORMED = [
     ("g(1)", 1, 1, "'g' is not a function"),
     ("exp * g", 1, 1, "'exp' is a function"),
     ("let a = g\nlet b = a", 2, 10, "missing 'update'"),
-    ("update = g\nupdate = m", 2, 1, "repeated 'update'"),
-    ("g\nm", 2, 1, "repeated 'update'"),
+    ("update = g\nupdate = m", 2, 1, "a rule has one 'update = ...' or 'w = ...'"),
+    ("g\nm", 2, 1, "a rule has one 'update"),
+    ("w = g\nupdate = m", 2, 1, "('w = ...' is on line 1)"),
     ("let a = g\nlet a = m\nupdate = a", 2, 1, "'a' is already defined"),
     ("param b = 1\nparam b = 2\nupdate = b * g", 2, 1, "'b' is already defined"),
     ("param b = 1\nlet b = g\nupdate = b", 2, 1, "'b' is already defined"),
@@ -174,7 +175,7 @@ MALFORMED = [
     ("param beta = 0.9 * 2\nupdate = beta * g", 1, 14, "must be a number"),
     ("param beta = 1.5 in [0, 1)\nupdate = beta * g", 1, 14, "outside [0, 1)"),
     ("update = a * g\nlet a = 2", 1, 10, "'a' is used before it is defined"),
-    ("x = 3", 1, 3, "a definition starts with 'let'"),
+    ("x = 3", 1, 1, "'x = ...' needs 'let', 'state' or 'param' in front"),
     ("update g", 1, 8, "expected '='"),
     ("let = 3\nupdate = g", 1, 5, "expected a name"),
     ("g\n  + m", 2, 3, "unexpected '+'"),
@@ -267,6 +268,11 @@ COMPARISONS = ["lt", "le", "gt", "ge", "eq", "ne"]
 numbers = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False).map(abs)
 
 
+def _window(op: str, args: tuple[Node, ...]) -> tuple[Node, ...]:
+    """A window's length is a whole number."""
+    return (args[0], Node("num", value=3.0)) if op in ("winmax", "winmin") else args
+
+
 def _expressions(names: list[str]):
     leaves = st.one_of(numbers.map(lambda x: Node("num", value=float(x))),
                        st.sampled_from(names).map(lambda n: Node("name", value=n)))
@@ -280,7 +286,7 @@ def _expressions(names: list[str]):
         return st.one_of(
             binary.map(lambda t: Node(t[0], (t[1], t[2]))),
             children.map(lambda c: Node("neg", (c,))),
-            calls.map(lambda t: Node(t[0], tuple(t[1]))),
+            calls.map(lambda t: Node(t[0], _window(t[0], tuple(t[1])))),
         )
 
     return st.recursive(leaves, extend, max_leaves=12)

@@ -55,6 +55,21 @@ TENSOR_BINARY: tuple[str, ...] = (
     "max(x, y)",
 )
 
+# Switched on by SpaceConfig.global_ops: the rest of Lion's program-search functions, and
+# the constructs that read every parameter: the global norm and clipping by it, dot
+# products and cosine similarity, and a window of running extrema (YellowFin's curvature
+# range).  Their reductions make a step join all tensors, so they cost a little speed.
+GLOBAL_OPERANDS: tuple[str, ...] = (
+    "clip_gnorm(g, 1)", "g / (winmax(gnorm(g), 20) + 1e-8)",
+    "gnorm(w) / (gnorm(g) + 1e-8) * g",
+)
+GLOBAL_UNARY: tuple[str, ...] = ("clip_gnorm(x, 1)", "x / (grms(x) + 1e-8)",
+                                 "x * abs(cosine(x, g))")
+GLOBAL_BINARY: tuple[str, ...] = (
+    "x + dot(x, y) / (dot(y, y) + 1e-8) * y", "where(cosine(x, y) > 0, x, y)",
+    "lerp(x, y, abs(cosine(x, y)))",
+)
+
 KINDS: tuple[str, ...] = ("operand", "operand", "unary", "unary", "binary")
 TOKENS_PER_UNIT = len(KINDS)
 
@@ -79,13 +94,14 @@ class SpaceConfig:
     decay_operands: bool = False
     annealed_noise: bool = False
     tensor_ops: bool = False
+    global_ops: bool = False
 
     def __post_init__(self) -> None:
         if not _is_int(self.units) or self.units < 1:
             raise ValueError(f"space: 'units' must be an integer >= 1, got {self.units!r}")
         for key in ("operands", "unary", "binary"):
             _check_snippets(key, getattr(self, key))
-        for key in ("decay_operands", "annealed_noise", "tensor_ops"):
+        for key in ("decay_operands", "annealed_noise", "tensor_ops", "global_ops"):
             if not isinstance(getattr(self, key), bool):
                 raise ValueError(f"space: '{key}' must be true or false, "
                                  f"got {getattr(self, key)!r}")
@@ -168,13 +184,18 @@ class Space:
         extra = DECAY_OPERANDS if self.config.decay_operands else ()
         extra += (ANNEALED_NOISE,) if self.config.annealed_noise else ()
         extra += TENSOR_OPERANDS if self.config.tensor_ops else ()
+        extra += GLOBAL_OPERANDS if self.config.global_ops else ()
         self.operands: tuple[str, ...] = self.config.operands + tuple(
             o for o in extra if o not in self.config.operands)
-        tensor = self.config.tensor_ops
+        unary, binary = (), ()
+        if self.config.tensor_ops:
+            unary, binary = unary + TENSOR_UNARY, binary + TENSOR_BINARY
+        if self.config.global_ops:
+            unary, binary = unary + GLOBAL_UNARY, binary + GLOBAL_BINARY
         self.unary: tuple[str, ...] = self.config.unary + tuple(
-            u for u in (TENSOR_UNARY if tensor else ()) if u not in self.config.unary)
+            u for u in unary if u not in self.config.unary)
         self.binary: tuple[str, ...] = self.config.binary + tuple(
-            b for b in (TENSOR_BINARY if tensor else ()) if b not in self.config.binary)
+            b for b in binary if b not in self.config.binary)
         self.kinds: tuple[str, ...] = KINDS * self.config.units
         self.decisions: tuple[int, ...] = tuple(
             len(self.choices(p)) for p in range(len(self.kinds)))

@@ -11,6 +11,9 @@ from nos.search.space import (
     DEFAULT_BINARY,
     DEFAULT_OPERANDS,
     DEFAULT_UNARY,
+    GLOBAL_BINARY,
+    GLOBAL_OPERANDS,
+    GLOBAL_UNARY,
     TENSOR_BINARY,
     TENSOR_OPERANDS,
     TENSOR_UNARY,
@@ -24,6 +27,7 @@ SPACES = {
     "two_units": SpaceConfig(units=2),
     "three_units_flags": SpaceConfig(units=3, decay_operands=True, annealed_noise=True),
     "tensor_ops": SpaceConfig(units=2, tensor_ops=True),
+    "global_ops": SpaceConfig(units=2, global_ops=True),
 }
 
 
@@ -137,7 +141,7 @@ def test_to_text_is_pure(space):
     rng = np.random.default_rng(0)
     twin = Space(SpaceConfig(**{f: getattr(space.config, f) for f in (
         "units", "operands", "unary", "binary", "decay_operands", "annealed_noise",
-        "tensor_ops")}))
+        "tensor_ops", "global_ops")}))
     for _ in range(50):
         tokens = list(space.sample(rng))
         before = list(tokens)
@@ -265,3 +269,27 @@ def test_tensor_ops_add_the_tensor_level_constructs_and_every_rule_steps():
             model(torch.randn(5, 4)).sum().backward()
             opt.step()
     assert {"rms", "norm", "where", "lerp", "rowmean", "colmean", "gt"} <= used
+
+
+def test_global_ops_add_lion_search_functions_and_every_rule_steps():
+    import torch
+
+    import nos
+
+    space = Space(SpaceConfig(units=2, global_ops=True))
+    assert space.operands[-len(GLOBAL_OPERANDS):] == GLOBAL_OPERANDS
+    assert space.unary == DEFAULT_UNARY + GLOBAL_UNARY
+    assert space.binary == DEFAULT_BINARY + GLOBAL_BINARY
+    assert Space().binary == DEFAULT_BINARY  # off by default: the paper's space
+    used = set()
+    rng = np.random.default_rng(1)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    for _ in range(60):  # a step joins every tensor of the model for the global reductions
+        rule = space.to_rule(space.sample(rng))
+        used |= rule.expanded().functions
+        for foreach in (True, False):
+            opt = nos.Optimizer(model.parameters(), rule, lr=1e-3, total_steps=5,
+                                foreach=foreach)
+            model(torch.randn(5, 4)).sum().backward()
+            opt.step()
+    assert {"gnorm", "sum", "norm", "lerp"} <= used

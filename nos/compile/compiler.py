@@ -158,6 +158,10 @@ def compile_rule(rule: Rule, zeros: frozenset[str] = frozenset(), optimize: bool
     # buffer widens until its shape holds its value (a fixed point: shapes only grow).
     numbers = {s.name for s in live if s.kind == "state"}
     shapes: dict[str, frozenset[str]] = {}
+    for s in live:  # a buffer that starts at the parameter is a tensor of its shape
+        if s.kind == "state" and s.init is not None and "w" in s.init.names():
+            numbers.discard(s.name)
+            shapes[s.name] = FULL
     base = None
     if zeros or fixed:  # a buffer is what it is in the rule's own program, in every group
         base = compile_rule(rule, optimize=optimize)

@@ -150,6 +150,8 @@ class _TreeBuilder(Transformer):
             value = default.value
         elif default.op == "neg" and default.args[0].op == "num":
             value = -default.args[0].value  # type: ignore[operator]
+        elif default.op == "name" and default.value == "inf":
+            value = math.inf
         else:
             raise _fail(f"the default of param '{name}' must be a number", default)
         if bounds is not None and value not in bounds:

@@ -286,16 +286,6 @@ update = buf + wd * w
 """, """SGD with momentum and decoupled weight decay (SGDW): buf <- momentum buf + g;
 update = buf + wd w, the decay kept out of the momentum. (Loshchilov & Hutter, 2019)""")
 
-_baseline("lion", 1e-4, f"""
-param beta1 = 0.9 {_BETA}
-param beta2 = 0.99 {_BETA}
-param wd = 0 {_POS}
-let c = sign(beta1 * m + (1 - beta1) * g)
-state m = beta2 * m + (1 - beta2) * g
-update = c + wd * w
-""", """Lion: update = sign(beta1 m + (1 - beta1) g) + wd w, then m <- beta2 m + (1 - beta2) g
-(the old m is read first). (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms")""")
-
 _baseline("signsgd", 1e-3, """
 update = sign(g)
 """, "signSGD: update = sign(g). (Bernstein et al., 2018)")
@@ -321,6 +311,236 @@ param alpha = 1 in [0, inf)
 {_decl}update = (alpha + {_d}sign(g) * sign(m)) * g
 """, f"""AddSign: update = (alpha + d sign(g) sign(m)) g, m <- beta1 m + (1 - beta1) g without
 bias correction{_with}. (Bello et al., 2017; tf.contrib.opt.AddSignOptimizer)""")
+
+# --- the optimizers people install, keyword for keyword ---------------------------------
+# lion_pytorch's Lion and pytorch_optimizer's (4.1.0) Adan, Lamb, LARS, AdaBelief, AdEMAMix
+# and MARS: each rule's params are the class's keywords, with its defaults, and the
+# options its param groups read (adanorm, adam_debias, cautious, ...).  A keyword the rule
+# cannot follow (global gradient clipping) is a param whose default is the only value
+# accepted: nos.optim.keywords.REFUSED says why.  These classes decay the weights before
+# the step (w <- w (1 - lr weight_decay), or w (1 - weight_decay) with fixed_decay), which
+# the update carries as weight_decay w (weight_decay / lr w).
+
+
+def _pto_decay(decouple: int) -> str:
+    """pytorch_optimizer's weight decay: added to g, or (weight_decouple) to the update."""
+    return f"""param weight_decay = 0 {_POS}
+param weight_decouple = {decouple} {_FLAG}
+param fixed_decay = 0 {_FLAG}"""
+
+
+# the decoupled decay as a term of the update (times w); fixed_decay is lr-free
+_PTO_DECOUPLED = ("where(weight_decouple, where(fixed_decay, where(lr > 0, weight_decay / lr, 0),"
+                  " weight_decay), 0)")
+
+
+def _adanorm(x: str) -> str:
+    """AdaNorm (pytorch_optimizer's adanorm, adanorm_r): x scaled up to the running average
+    of its norm, where its norm is below it; s is the result."""
+    return f"""param adanorm = 0 {_FLAG}
+param adanorm_r = 0.95 in [0, 1]
+let grad_norm = norm({x})
+state norm_avg = where(adanorm, adanorm_r * norm_avg + (1 - adanorm_r) * grad_norm, 0)
+let scaled = where((grad_norm > 0) * (norm_avg > grad_norm), {x} * norm_avg / grad_norm, {x})
+let s = where(adanorm, scaled, {x})"""
+
+
+def _rectify(degenerated: int) -> str:
+    """pytorch_optimizer's RAdam rectification: rt scales the step where rho reaches
+    n_sma_threshold; below it rt is 1 (degenerated_to_sgd) or -1 (no step)."""
+    return f"""param rectify = 0 {_FLAG}
+param n_sma_threshold = 5 {_POS}
+param degenerated_to_sgd = {degenerated} {_FLAG}
+let rho_inf = 2 / (1 - beta2) - 1
+let rho = rho_inf - 2 * t * beta2^t / (1 - beta2^t)
+let rect = (1 - beta2^t) * (rho - 4) / (rho_inf - 4) * (rho - 2) / rho * rho_inf / (rho_inf - 2)
+let rt = where(rho >= n_sma_threshold, rect^0.5, where(degenerated_to_sgd, 1, -1))"""
+
+
+def _cautious(x: str, grad: str) -> str:
+    """pytorch_optimizer's cautious mask: x where it agrees in sign with the gradient, 0
+    elsewhere, scaled by numel / (the count kept + 1)."""
+    return f"{x} * ({x} * {grad} > 0) * (numel / (sum({x} * {grad} > 0) + 1))"
+
+_baseline("lion", 1e-4, f"""
+param beta1 = 0.9 in [0, 1]
+param beta2 = 0.99 in [0, 1]
+param weight_decay = 0 {_POS}
+param decoupled_weight_decay = 0 {_FLAG}
+param use_triton = 0 in [0, 0]
+state lr0 = where(lr0 > 0, lr0, lr)
+let c = sign(beta1 * m + (1 - beta1) * g)
+state m = beta2 * m + (1 - beta2) * g
+let decay = where(decoupled_weight_decay, where(lr0 > 0, weight_decay / lr0, 0), weight_decay)
+update = c + decay * w
+""", """Lion, with lion_pytorch.Lion's keywords: update = sign(beta1 m + (1 - beta1) g) +
+weight_decay w, then m <- beta2 m + (1 - beta2) g (the old m is read first);
+decoupled_weight_decay divides weight_decay by the first lr (lion_pytorch: the
+constructor's). (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms";
+lion_pytorch.Lion)""")
+
+_baseline("adan", 1e-3, f"""
+param beta1 = 0.98 {_BETA}
+param beta2 = 0.92 {_BETA}
+param beta3 = 0.99 in [0, 1]
+param weight_decay = 0 {_POS}
+param weight_decouple = 0 {_FLAG}
+param max_grad_norm = 0 in [0, 0]
+param eps = 1e-8 {_POS}
+param use_gc = 0 in [0, 0]
+{_adanorm("g")}
+let diff = where(t == 1, 0, g - prev)
+state prev = g
+state m = lerp(m, s, 1 - beta1)
+state n = lerp(n, diff, 1 - beta2)
+state v = beta3 * v + (1 - beta3) * (beta2 * diff + g)^2
+let denom = sqrt(v) / (1 - beta3^t)^0.5 + eps
+let direction = m / (1 - beta1^t) / denom + beta2 * n / (1 - beta2^t) / denom
+update = (direction + weight_decay * w) / where(weight_decouple, 1, 1 + lr * weight_decay)
+""", """Adan, with pytorch_optimizer.Adan's keywords (betas is beta1, beta2, beta3): m, n, v
+running averages of g, of the difference of successive gradients (0 at the first step) and
+of (g + beta2 diff)^2; update = (m_hat + beta2 n_hat) / (sqrt(v_hat) + eps); weight decay
+divides the weights by 1 + lr weight_decay, or (weight_decouple) decays them.
+(Xie et al., 2024, "Adan: Adaptive Nesterov Momentum Algorithm"; pytorch_optimizer.Adan)""")
+
+_baseline("lamb", 1e-3, f"""
+param beta1 = 0.9 {_BETA}
+param beta2 = 0.999 {_BETA}
+{_pto_decay(1)}
+{_rectify(0)}
+param grad_averaging = 1 {_FLAG}
+param max_grad_norm = 1 {_POS}
+param adam = 0 {_FLAG}
+param pre_norm = 0 in [0, 0]
+param eps = 1e-6 {_POS}
+param adam_debias = 0 {_FLAG}
+{_adanorm("g")}
+state m = beta1 * m + where(grad_averaging, 1 - beta1, 1) * s
+state v = beta2 * v + (1 - beta2) * g^2
+let kept = where(fixed_decay, 1 - weight_decay, 1 - weight_decay * lr)
+let decayed = w * where(weight_decouple, kept, 1)
+let ratio = m / (sqrt(v) + eps)
+let rectified = where(rho >= n_sma_threshold, ratio, m)
+let x = where(rectify, rectified, ratio + where(weight_decouple, 0, weight_decay * w))
+let scale = where(rectify, rt, 1) / where(adam_debias, 1, 1 - beta1^t)
+let w_norm = min(norm(decayed), 10)
+let x_norm = norm(where(rectify, decayed - lr * scale * x, x))
+let trust = where(adam, 1, where(w_norm == 0, 1, where(x_norm == 0, 1, w_norm / (x_norm + eps))))
+update = {_PTO_DECOUPLED} * w + where(scale > 0, scale * trust * x, 0)
+""", """LAMB, with pytorch_optimizer.Lamb's keywords: Adam's ratio m / (sqrt(v) + eps) (v not
+bias-corrected) times the trust ratio min(norm(w), 10) / (norm(ratio) + eps) of each
+tensor, the step lr / (1 - beta1^t); rectify as RAdam, adam a trust ratio of 1. max_grad_norm
+is read only with pre_norm, which nos refuses (a global gradient norm). (You et al., 2020,
+"Large Batch Optimization for Deep Learning"; pytorch_optimizer.Lamb)""")
+
+_baseline("lars", 1e-3, f"""
+param weight_decay = 0 {_POS}
+param momentum = 0.9 {_BETA}
+param dampening = 0 {_BETA}
+param trust_coefficient = 1e-3 {_POS}
+param nesterov = 0 {_FLAG}
+let w_norm = norm(w)
+let denom = norm(g) + weight_decay * w_norm
+let trust = where(w_norm > 0, where(denom > 0, trust_coefficient * w_norm / denom, 1), 1)
+let d = where(ndim > 1, (g + weight_decay * w) * trust, g)
+state buf = where(momentum > 0, momentum * buf + (1 - dampening) * d, 0)
+update = where(momentum > 0, where(nesterov, d + momentum * buf, buf), d)
+""", """LARS, with pytorch_optimizer.LARS's keywords: for a tensor of two or more dimensions,
+(g + weight_decay w) times the trust ratio trust_coefficient norm(w) / (norm(g) +
+weight_decay norm(w)); plain g for the others; then momentum buf <- momentum buf +
+(1 - dampening) g (Nesterov with nesterov). (You et al., 2017, "Large Batch Training of
+Convolutional Networks"; pytorch_optimizer.LARS)""")
+
+_baseline("adabelief", 1e-3, f"""
+param beta1 = 0.9 {_BETA}
+param beta2 = 0.999 {_BETA}
+{_pto_decay(1)}
+{_rectify(1)}
+param ams_bound = 0 {_FLAG}
+param eps = 1e-16 {_POS}
+param adam_debias = 0 {_FLAG}
+let d = where(weight_decouple, g, g + weight_decay * w)
+{_adanorm("d")}
+state m = lerp(m, s, 1 - beta1)
+state belief = beta2 * belief + (1 - beta2) * (d - m)^2 + eps
+state belief_max = where(ams_bound, max(belief_max, belief), 0)
+let root = sqrt(where(ams_bound, belief_max, belief))
+let rectified = where(rho >= n_sma_threshold, m / (root + eps), m)
+let x = where(rectify, rectified, m / (root / (1 - beta2^t)^0.5 + eps))
+let scale = where(rectify, rt, 1) / where(adam_debias, 1, 1 - beta1^t)
+update = {_PTO_DECOUPLED} * w + where(scale > 0, scale * x, 0)
+""", """AdaBelief, with pytorch_optimizer.AdaBelief's keywords: Adam whose second moment is
+the running average of (g - m)^2 + eps, the belief in the gradient; ams_bound keeps its
+running maximum, rectify steps as RAdam. (Zhuang et al., 2020, "AdaBelief Optimizer";
+pytorch_optimizer.AdaBelief)""")
+
+_baseline("ademamix", 1e-3, f"""
+param beta1 = 0.9 {_BETA}
+param beta2 = 0.999 {_BETA}
+param beta3 = 0.9999 in [0, 1]
+{_pto_decay(0)}
+param alpha = 5 {_POS}
+param t_alpha_beta3 = 0 {_POS}
+param eps = 1e-8 {_POS}
+param cautious = 0 {_FLAG}
+param stable_adamw = 0 {_FLAG}
+let d = where(weight_decouple, g, g + weight_decay * w)
+let warm = t / t_alpha_beta3
+let alpha_t = where(t_alpha_beta3 > 0, min(t * alpha / t_alpha_beta3, alpha), alpha)
+let mix = log(beta1) * log(beta3) / ((1 - warm) * log(beta3) + warm * log(beta1))
+let beta3_t = where(t_alpha_beta3 > 0, min(exp(mix), beta3), beta3)
+state m = lerp(m, d, 1 - beta1)
+state v = beta2 * v + (1 - beta2) * d^2
+state slow = lerp(slow, d, 1 - beta3_t)
+let denom = sqrt(v) / (1 - beta2^t)^0.5 + eps
+let mixed = where(cautious, {_cautious("m", "d")}, m) / (1 - beta1^t) + alpha_t * slow
+let stable_rms = max(sqrt(mean(d^2 / max(v, 1e-16))), 1)
+update = where(stable_adamw, mixed / denom / stable_rms, mixed / denom) + {_PTO_DECOUPLED} * w
+""", """AdEMAMix, with pytorch_optimizer.AdEMAMix's keywords (betas is beta1, beta2, beta3;
+t_alpha_beta3 0 is None): Adam whose numerator adds alpha times a slow running average
+of g (decay beta3), both warmed up over t_alpha_beta3 steps; cautious masks m where it
+disagrees with g, stable_adamw divides by the RMS of g^2 / v. (Pagliardini et al., 2024,
+"The AdEMAMix Optimizer"; pytorch_optimizer.AdEMAMix)""")
+
+_MIXED = "max(optimize_1d, ndim >= 2)"  # MARS's own step, not AdamW's
+
+_baseline("mars", 3e-3, f"""
+param beta1 = 0.95 {_BETA}
+param beta2 = 0.99 {_BETA}
+param gamma = 0.025 {_POS}
+param mars_type = 0 {_FLAG}
+param optimize_1d = 0 {_FLAG}
+param lr_1d = 3e-3 {_POS}
+param beta1_1d = 0.9 {_BETA}
+param beta2_1d = 0.95 {_BETA}
+param weight_decay_1d = 0.1 {_POS}
+{_pto_decay(1)}
+param ams_bound = 0 {_FLAG}
+param cautious = 0 {_FLAG}
+param eps = 1e-8 {_POS}
+let b1 = where({_MIXED}, beta1, beta1_1d)
+let b2 = where({_MIXED}, beta2, beta2_1d)
+let wd = where({_MIXED}, weight_decay, weight_decay_1d)
+state lr0 = where(lr0 > 0, lr0, lr)
+let factor = where({_MIXED}, 1, where(lr0 > 0, lr_1d / lr0, 0))
+let c = (g - last) * (gamma * (beta1 / (1 - beta1))) + g
+let x = where({_MIXED}, c / max(norm(c), 1), g)
+state last = where({_MIXED}, where(weight_decouple, g, g + wd * w), 0)
+state m = lerp(m, x, 1 - b1)
+let u = where(cautious, {_cautious("m", "g")}, m)
+state v = b2 * v + (1 - b2) * x^2
+state vmax = where(ams_bound, max(vmax, v), 0)
+let adamw = u / ((sqrt(where(ams_bound, vmax, v) + 1e-15) + eps) / (1 - b2^t)^0.5 * (1 - b1^t))
+let direction = where(mars_type * {_MIXED}, sign(u), adamw)
+let decay = where(weight_decouple, where(fixed_decay, where(lr > 0, wd / lr, 0), factor * wd), 0)
+update = decay * w + factor * direction
+""", """MARS, with pytorch_optimizer.MARS's keywords (mars_type 'adamw', or 'lion'): for
+tensors of two or more dimensions (all with optimize_1d), AdamW on the variance-reduced
+gradient c = g + gamma beta1 / (1 - beta1) (g - g_prev), scaled to norm at most 1 (the
+sign of its average with 'lion'); AdamW on g with betas_1d and weight_decay_1d for the
+others, at lr_1d / lr times the lr (lr: the first, the reference's constructor's).
+(Yuan et al., 2024, "MARS: Unleashing the Power of Variance Reduction for Training Large
+Models"; pytorch_optimizer.MARS)""")
 
 BASELINES: dict[str, Baseline] = {b.name: b for b in _REGISTRY}
 

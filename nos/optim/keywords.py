@@ -1,15 +1,21 @@
-"""torch.optim's keywords on nos rules: what a keyword means for a rule's params.
+"""The reference optimizers' keywords on nos rules: what a keyword means for a rule's params.
 
 A rule's params are its keywords (``weight_decay=0.1``, ``amsgrad=True``); this
 module adds only what a param cannot say by itself:
 
-- tuples that stand for several params (``betas=(beta1, beta2)``, ``etas``,
-  ``step_sizes``, ``ns_coefficients``, Adafactor's ``eps=(eps1, eps2)``), kept
-  in a param group beside their parts (writing either writes the other);
+- tuples that stand for several params (``betas=(beta1, beta2)``, or
+  ``(beta1, beta2, beta3)`` where the rule has all three, as Adan and AdEMAMix;
+  ``etas``, ``step_sizes``, ``ns_coefficients``, Adafactor's ``eps=(eps1, eps2)``,
+  MARS's ``betas_1d``), kept in a param group beside their parts (writing either
+  writes the other);
 - values that are not numbers: ``None`` in Adafactor's ``eps`` (the dtype's
-  machine epsilon, the rule's ``eps1 = 0``) and Muon's ``adjust_lr_fn`` names;
+  machine epsilon, the rule's ``eps1 = 0``), Muon's ``adjust_lr_fn`` and MARS's
+  ``mars_type`` names, AdEMAMix's ``t_alpha_beta3=None`` (no warm-up, the rule's 0);
 - whole numbers (``ns_steps``) and the checks torch makes across keywords
-  (SGD's nesterov needs momentum and no dampening).
+  (SGD's nesterov needs momentum and no dampening);
+- the reference keywords a named rule takes but cannot follow (Adan's global
+  gradient clipping): only their default is accepted, anything else is refused
+  saying why.
 
 Every refusal is one line naming the keyword and the rule.
 """
@@ -21,19 +27,39 @@ from typing import Any
 
 import torch
 
-# keyword -> the params it stands for, in order
+# keyword -> the params it stands for, in order (``betas``: as many as the rule declares)
 TUPLES: dict[str, tuple[str, ...]] = {
-    "betas": ("beta1", "beta2"),
+    "betas": ("beta1", "beta2", "beta3"),
     "etas": ("etaminus", "etaplus"),
     "step_sizes": ("step_size_min", "step_size_max"),
     "ns_coefficients": ("ns_a", "ns_b", "ns_c"),
     "eps": ("eps1", "eps2"),
+    "betas_1d": ("beta1_1d", "beta2_1d"),
 }
 NONE_MEANS: dict[str, float] = {"eps1": 0.0}  # Adafactor: None is the dtype's epsilon
 CHOICES: dict[str, dict[Any, float]] = {
     "adjust_lr_fn": {None: 0.0, "original": 0.0, "match_rms_adamw": 1.0},
+    "mars_type": {"adamw": 0.0, "lion": 1.0},
+    "t_alpha_beta3": {None: 0.0},  # AdEMAMix: no warm-up
+    "adanorm_r": {None: 0.95},  # pytorch_optimizer's AdaNorm: None is 0.95
 }
 WHOLE = frozenset({"ns_steps"})
+
+# (rule, keyword) -> why the named rule cannot follow the reference there: the keyword is
+# a param of the rule with its default the only value accepted.  (rule, keyword, value)
+# for a named choice the rule cannot take.
+_GLOBAL_NORM = ("it scales every gradient by the norm of all the optimizer's gradients, "
+                "and a rule reads one tensor at a time")
+REFUSED: dict[tuple, str] = {
+    ("lion", "use_triton"): "a Triton kernel of the same step; nos has its own executors "
+                            "(foreach, fused)",
+    ("adan", "max_grad_norm"): _GLOBAL_NORM,
+    ("adan", "use_gc"): "gradient centralization averages over every dimension but the "
+                        "first, which no reduction of the language does for 4-D tensors",
+    ("lamb", "pre_norm"): _GLOBAL_NORM,
+    ("mars", "mars_type", "shampoo"): "its Newton-Schulz step reads a matrix of every "
+                                      "parameter but the 1-D ones, which MARS steps as AdamW",
+}
 
 # torch.optim's state names for the buffers of the rules named after its classes, so that
 # a torch optimizer's state_dict loads into nos where the buffers correspond.
@@ -61,13 +87,19 @@ TORCH_IGNORED = frozenset({"eta", "mu", "ax"})
 def tuple_keywords(declared: set[str] | dict) -> dict[str, tuple[str, ...]]:
     """The tuple keywords a rule with these params takes: all parts declared, and the
     keyword not itself a param (``eps`` is Adafactor's pair only where there is no eps).
-    ``betas`` also stands for a lone ``beta1``."""
+    ``betas`` stands for the longest run of ``beta1, beta2, beta3`` the rule declares
+    (a lone ``beta1`` too)."""
     found = {}
     for key, names in TUPLES.items():
         if key in declared:
             continue
-        parts = tuple(name for name in names if name in declared)
-        if parts == names or (key == "betas" and parts == ("beta1",)):
+        if key == "betas":
+            count = next((i for i, name in enumerate(names) if name not in declared),
+                         len(names))
+            parts = names[:count]
+        else:
+            parts = names if all(name in declared for name in names) else ()
+        if parts:
             found[key] = parts
     return found
 
@@ -109,6 +141,10 @@ def translate(group: dict, rule: str) -> None:
     for key, choices in CHOICES.items():
         value = group.get(key, 0)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            why = REFUSED.get((rule, key, value)) if isinstance(value, str) else None
+            if why:
+                raise KeywordError(f"Invalid {key}: {value!r} is not supported for rule "
+                                   f"{rule} ({why})")
             if value not in choices:
                 names = ", ".join(repr(c) for c in choices)
                 raise KeywordError(f"Invalid {key}: {value!r}, must be one of {names} "
@@ -119,6 +155,10 @@ def translate(group: dict, rule: str) -> None:
 def check_value(name: str, value: Any, bounds, rule: str) -> None:
     from nos.lang.printer import bounds_text, format_number
 
+    why = REFUSED.get((rule, name))
+    if why and value:
+        raise KeywordError(f"Invalid {name}: {value!r} is not supported for rule {rule} "
+                           f"({why})")
     if isinstance(value, bool):
         value = float(value)
     if not isinstance(value, (int, float)):
@@ -131,8 +171,8 @@ def check_value(name: str, value: Any, bounds, rule: str) -> None:
 
 
 def check_group(group: dict, rule: str) -> None:
-    """torch's checks across keywords."""
-    if group.get("nesterov") and "dampening" in group and (
+    """torch's checks across keywords (SGD's; LARS, with the same keywords, makes none)."""
+    if rule != "lars" and group.get("nesterov") and "dampening" in group and (
             group.get("momentum", 0) <= 0 or group["dampening"] != 0):
         raise KeywordError(f"Invalid nesterov: True, Nesterov momentum requires a momentum "
                            f"and zero dampening for rule {rule}")

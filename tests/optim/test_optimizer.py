@@ -157,17 +157,17 @@ def test_parity_with_tensorflow_sign_optimizers(kind, decay, total):
 
 
 def test_parity_with_lion():
-    lr, beta1, beta2, wd = 3e-3, 0.9, 0.99, 0.1
+    lr, beta1, beta2, weight_decay = 3e-3, 0.9, 0.99, 0.1
 
     def lion(w, g, slot, s):
         m = slot.get("m", np.zeros_like(w))
         c = np.sign(beta1 * m + (1 - beta1) * g)
         slot["m"] = beta2 * m + (1 - beta2) * g
-        return w - lr * (c + wd * w)
+        return w - lr * (c + weight_decay * w)
 
     expected = numpy_reference(lion)
     model = make_net()
-    train(model, nos.Optimizer(model.parameters(), "lion", lr=lr, wd=wd))
+    train(model, nos.Optimizer(model.parameters(), "lion", lr=lr, weight_decay=weight_decay))
     assert max_rel_error(expected, model) < 1e-6
 
 
@@ -341,7 +341,8 @@ def test_baselines_have_docs_and_compile():
     names = {"sgd", "momentum", "nesterov", "adam", "adamw", "amsgrad", "rmsprop", "adagrad",
              "adamax", "adadelta", "rprop", "asgd", "nadam", "radam", "adafactor", "muon",
              "sgdw", "lion", "signsgd", "powersign", "powersign_ld", "powersign_cd",
-             "powersign_rd", "addsign", "addsign_ld", "addsign_cd", "addsign_rd"}
+             "powersign_rd", "addsign", "addsign_ld", "addsign_cd", "addsign_rd",
+             "adan", "lamb", "lars", "adabelief", "ademamix", "mars"}
     assert set(nos.baselines()) == names
     for baseline in nos.baselines().values():
         assert "(" in baseline.doc and len(baseline.doc) > 30

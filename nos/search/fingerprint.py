@@ -57,7 +57,8 @@ def _probe() -> tuple[list[torch.Tensor], list[list[torch.Tensor]], list[list[to
 def _updates(rule: Rule, grads: list[list[torch.Tensor]]) -> np.ndarray:
     program = compile_rule(rule)
     if program.scalar_state or program.viewed or program.facts or program.switches or any(
-            program.buffer_shape(name) for name in program.buffers):
+            program.buffer_shape(name) for name in program.buffers) or program.crosses or \
+            program.inits or program.terms[0].kind == "set":
         return _optimizer_updates(rule, grads)
     params0, _, _ = _probe()
     params = [p.clone() for p in params0]

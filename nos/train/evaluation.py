@@ -436,9 +436,11 @@ def _search_lr_batched(rule: Rule, task: Task, data: TaskData, grid: Sequence[fl
                        grid_epochs: float, result: EvalResult, floor: float, common: dict,
                        stop_loss_steps: int | None = None):
     """The grid as one vmap-ed model (nos.train.grid); False if this child cannot be batched."""
-    from nos.train.grid import GridTimeout, batched_grid
+    from nos.train.grid import GridTimeout, batchable, batched_grid
 
     try:
+        if not isinstance(rule, Rule) or not batchable(rule):
+            return False
         runs = batched_grid(rule, task, data, grid, epochs=grid_epochs, seed=common["seed"],
                             batch_size=common["batch_size"], device=common["device"],
                             deadline=common["deadline"], floor=floor,

@@ -33,6 +33,21 @@ class GridTimeout(Exception):
     pass
 
 
+def batchable(rule: Rule) -> bool:
+    """Whether the stacked models step as K independent optimizers whose step scales with
+    the rate: an element-wise rule (no reduction over a tensor, a row or every parameter;
+    a per-tensor norm of the stack would mix the K models) that neither reads ``lr`` nor
+    sets the parameter."""
+    from nos.compile.compiler import compile_rule
+    from nos.compile.program import FULL
+
+    program = compile_rule(rule)
+    return (not program.viewed and not program.crosses and "lr" not in program.inputs
+            and program.terms[0].kind != "set"
+            and all(program.shape(slot) == FULL for slot in range(program.n_slots)
+                    if program.kinds[slot] == "tensor"))
+
+
 def batched_grid(rule: Rule, task: Task, data: TaskData, lrs: Sequence[float], *,
                  epochs: float, seed: int, batch_size: int, device: torch.device,
                  deadline: float = math.inf, explode: float = 20.0,

@@ -599,7 +599,7 @@ def _add_learn(sub: argparse._SubParsersAction) -> None:
                    help="child steps per unroll: the truncation (default: 20)")
     p.add_argument("--episode-steps", type=_positive_int, default=100,
                    help="child steps before a fresh child is drawn (default: 100)")
-    p.add_argument("--meta-lr", type=float, default=3e-3, help="Adam's rate (default: 3e-3)")
+    p.add_argument("--meta-lr", type=float, default=1e-3, help="Adam's rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="CIFAR-10 directory (task cifar10)")
     p.add_argument("--text", default=None, help="text file for the charlm task")

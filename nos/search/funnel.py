@@ -113,6 +113,7 @@ def default_stages(config: dict) -> list[dict]:
 
 def parse_funnel(table: dict, config: dict, source: str) -> Funnel:
     """The ``[funnel]`` table, checked; FunnelConfigError names the key."""
+    from nos.learned import is_checkpoint_path
     from nos.optim.baselines import baselines as named
     from nos.train.tasks import task_names
 
@@ -124,10 +125,11 @@ def parse_funnel(table: dict, config: dict, source: str) -> Funnel:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise FunnelConfigError(f"{where} baselines must be a list of names, got {names!r}")
     known = named()
-    for n in names:
-        if n not in known:
+    for n in names:  # a learned optimizer's .pt is read when its trainings run
+        if n not in known and not is_checkpoint_path(n):
             raise FunnelConfigError(f"{where} baselines: unknown rule {n!r}; "
-                                    f"named rules: {', '.join(known)}")
+                                    f"named rules: {', '.join(known)}, or a learned "
+                                    "optimizer's .pt")
     raw = table.get("stages", None)
     raw = default_stages(config) if raw is None else raw
     if not isinstance(raw, list) or not all(isinstance(s, dict) for s in raw):
@@ -324,14 +326,25 @@ def stage0_settings(config: dict) -> dict:
 
 
 def baseline_rule(name: str) -> str:
+    """A named rule's text; for a learned optimizer's .pt, its absolute path (the workers
+    may run in another folder)."""
+    import os
+
+    from nos.learned import is_checkpoint_path
     from nos.optim.baselines import baselines
 
+    if is_checkpoint_path(name):
+        return os.path.abspath(name)
     return str(baselines()[name].rule)
 
 
 def baseline_fingerprint(name: str) -> str | None:
+    """The probe's digest of a named rule (None for a learned optimizer: not probed)."""
+    from nos.learned import is_checkpoint_path
     from nos.search.fingerprint import fingerprint
 
+    if is_checkpoint_path(name):
+        return None
     return fingerprint(baseline_rule(name)).digest
 
 

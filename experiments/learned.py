@@ -135,9 +135,11 @@ def main() -> None:
         print(f"step time            {name:18s} {seconds * 1e3:.3f} ms "
               f"({seconds / adam:.1f}x Adam)")
     report["comparison"] = compare(args.checkpoint, args.tasks.split(","), args.seeds)
+    print(f"{'task':8s} {'optimizer':20s} reward (mean ± std)  test    lrs")
     for row in report["comparison"]:
-        print(f"{row['task']:8s} {row['name']:20s} {row['mean']:.4f} ± {row['std']:.4f}  "
-              f"test {row['test']}  lrs {row['lrs']}")
+        test = "-" if row["test"] is None else f"{row['test']:.4f}"
+        print(f"{row['task']:8s} {row['name']:20s} {row['mean']:.4f} ± {row['std']:.4f}     "
+              f"{test}  {','.join(f'{lr:g}' for lr in row['lrs'] if lr)}")
     if args.json:
         with open(args.json, "w") as file:
             json.dump(report, file, indent=1)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,16 +86,19 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[CoordinateLSTM, dict[str, 
     """
     where = os.fspath(path)
     try:
+        with open(where, "rb") as file:
+            is_zip = zipfile.is_zipfile(file)  # torch.save's format since torch 1.6
+        if not is_zip:
+            raise ValueError(f"{where} is not a learned optimizer: it is not a torch file "
+                             "(torch.save writes a zip archive)")
         payload = torch.load(where, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"learned optimizer {where}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"learned optimizer {where}: is a directory") from None
-    except PermissionError:
-        raise ValueError(f"learned optimizer {where}: permission denied") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as err:
+        raise ValueError(f"learned optimizer {where}: {err.strerror.lower()}") from None
+    except ValueError:
+        raise
     except Exception as err:  # torch.load raises many kinds for a file it cannot read
         raise ValueError(f"{where} is not a learned optimizer: torch.load(weights_only=True) "
-                         f"cannot read it ({_first_line(err)})") from None
+                         f"cannot read it ({_reason(err)})") from None
     network, training = _from_payload(payload, where)
     return network, training
 
@@ -147,8 +152,12 @@ def _check_weights(weights: object, expected: Mapping[str, torch.Tensor], where:
             raise ValueError(f"{where}: weight {name!r} holds NaN or infinite values")
 
 
-def _first_line(err: Exception) -> str:
+def _reason(err: Exception) -> str:
+    """The part of torch.load's message that says what is wrong, on one short line."""
     text = str(err).strip()
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return f"it holds a {found.group(1)}, not only plain tensors and values"
     line = text.splitlines()[0] if text else type(err).__name__
     return line if len(line) <= 120 else line[:117] + "..."
 

@@ -4,6 +4,7 @@ else refused in one line, by the library and by the evaluation."""
 from __future__ import annotations
 
 import os
+import zipfile
 
 import pytest
 import torch
@@ -27,6 +28,12 @@ def _write(path, payload) -> str:
 
 def _bytes(path, data: bytes) -> str:
     path.write_bytes(data)
+    return str(path)
+
+
+def _zip(path) -> str:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "not a torch file")
     return str(path)
 
 
@@ -60,9 +67,11 @@ def test_a_saved_checkpoint_is_plain_tensors_and_values(tmp_path):
 
 
 BAD = {
-    "random bytes": (lambda p: _bytes(p, os.urandom(2048)), "cannot read it"),
-    "empty file": (lambda p: _bytes(p, b""), "cannot read it"),
-    "a module pickled whole": (lambda p: _write(p, torch.nn.Linear(2, 2)), "cannot read it"),
+    "random bytes": (lambda p: _bytes(p, os.urandom(2048)), "it is not a torch file"),
+    "empty file": (lambda p: _bytes(p, b""), "it is not a torch file"),
+    "a zip of something else": (lambda p: _zip(p), "cannot read it"),
+    "a module pickled whole": (lambda p: _write(p, torch.nn.Linear(2, 2)),
+                               "it holds a torch.nn.modules.linear.Linear, not only plain"),
     "a plain tensor": (lambda p: _write(p, torch.zeros(3)), "another kind"),
     "a model's state_dict": (lambda p: _write(p, torch.nn.Linear(2, 2).state_dict()),
                              "another kind"),

@@ -454,7 +454,7 @@ OPS: dict[str, Op] = {
            _fn("cos"), None, desugar=True),
         Op("clip_gnorm", 2, "clip_gnorm(x, c)", "x scaled to a global norm of at most c: "
            "x min(1, c / (gnorm(x) + 1e-6)), as torch.nn.utils.clip_grad_norm_",
-           _fn("clip_{\mathcal{W}}"), None, constant_args=(1,), desugar=True),
+           _fn(r"clip_{\mathcal{W}}"), None, constant_args=(1,), desugar=True),
         Op("winmax", 2, "winmax(x, n)", "the largest of the last n values of x (a number per "
            "tensor): a window of n kept numbers", lambda a, n: rf"\max_{{{n}}}\left({a}\right)",
            None, constant_args=(1,), desugar=True),

@@ -378,9 +378,9 @@ def _check_views(statements: tuple[Statement, ...], prelude: dict[str, Statement
                     continue
                 word = str(node.value)
                 if word in PRIMITIVES and word not in primitives:
+                    readable = " and ".join(k + "s" for k in kinds_read)
                     raise _fail(f"{what} cannot read '{word}' (it reads "
-                                f"{', '.join(sorted(primitives))}, {' and '.join(k + 's' for k in kinds_read)})",
-                                node)
+                                f"{', '.join(sorted(primitives))}, {readable})", node)
                 if word not in PRIMITIVES and kinds.get(word, "param") not in kinds_read:
                     raise _fail(f"{what} cannot read the {kinds[word]} '{word}' (it reads "
                                 f"{' and '.join(k + 's' for k in kinds_read)})", node)

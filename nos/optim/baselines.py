@@ -542,6 +542,140 @@ others, at lr_1d / lr times the lr (lr: the first, the reference's constructor's
 (Yuan et al., 2024, "MARS: Unleashing the Power of Variance Reduction for Training Large
 Models"; pytorch_optimizer.MARS)""")
 
+# --- rules that read every parameter, set it, or show another point -------------------
+# Prodigy estimates its step size from reductions over all the parameters (gsum) and keeps
+# the initial ones (from w); Schedule-Free sets the parameter (w = ...) and evaluates at
+# another point (eval_w); YellowFin tunes lr and momentum from global statistics and a
+# window of curvature extremes.
+
+_baseline("prodigy", 1.0, """param beta1 = 0.9 in [0, 1)
+param beta2 = 0.999 in [0, 1)
+param beta3 = -1 in [-1, 1)
+param eps = 1e-8 in (0, inf)
+param weight_decay = 0 in [0, inf)
+param decouple = 1 in [0, 1]
+param use_bias_correction = 0 in [0, 1]
+param safeguard_warmup = 0 in [0, 1]
+param d0 = 1e-6 in (0, inf)
+param d_coef = 1 in [0, inf)
+param growth_rate = inf in [0, inf]
+param fsdp_in_use = 0 in [0, 0]
+param slice_p = 1 in [1, 1]
+let b3 = where(beta3 < 0, sqrt(beta2), beta3)
+let grad = where(decouple, g, g + weight_decay * w)
+let dlr = d * lr * where(use_bias_correction, sqrt(1 - beta2^t) / (1 - beta1^t), 1)
+state x0 = x0 from w
+state numerator = b3 * numerator + d / d0 * dlr * gsum(grad * (x0 - w))
+state m = beta1 * m + d * (1 - beta1) * grad
+state v = beta2 * v + d * d * (1 - beta2) * grad * grad
+state s = b3 * s + d / d0 * where(safeguard_warmup, d, dlr) * grad
+let d_hat = d_coef * numerator / gsum(abs(s))
+state d_max = max(d_max, d_hat) from d0
+state d = min(d_max, where(d == d0, max(d, d_hat), d) * growth_rate) from d0
+let decay = where(decouple, weight_decay * w, 0)
+w = w - dlr * decay - dlr * where(beta1 > 0, m, d * grad) / (sqrt(v) + d * eps)
+""", """Prodigy, with prodigyopt.Prodigy's keywords: Adam scaled by an estimate d of the
+distance to the solution, d_hat = d_coef sum(g (x0 - w)) d / d0 dlr (a running sum with
+beta3) / sum(|s|), s a running sum of g d / d0 dlr, both over every parameter; d grows
+to max(d, d_hat) at most growth_rate times a step; dlr = d lr (times Adam's bias
+correction with use_bias_correction); beta3 None (-1) is sqrt(beta2); weight decay
+decoupled (decouple) or added to g. fsdp_in_use and slice_p other than 1 are refused.
+(Mishchenko & Defazio, 2024, "Prodigy: An Expeditiously Adaptive Parameter-Free
+Learner"; prodigyopt.Prodigy)""")
+
+_baseline("schedulefree_adamw", 0.0025, """param beta1 = 0.9 in [0, 1)
+param beta2 = 0.999 in [0, 1)
+param eps = 1e-8 in [0, inf)
+param weight_decay = 0 in [0, inf)
+param warmup_steps = 0 in [0, inf)
+param r = 0 in [0, inf)
+param weight_lr_power = 2 in [0, inf)
+let scheduled_lr = lr * where(t <= warmup_steps, t / warmup_steps, 1)
+state lr_max = max(scheduled_lr, lr_max) from -1
+let weight = t^r * lr_max^weight_lr_power
+state weight_sum = weight_sum + weight
+let ckp1 = where(weight_sum == 0, 0, weight / weight_sum)
+state v = beta2 * v + (1 - beta2) * g * g
+let u = g / (sqrt(v / (1 - beta2^t)) + eps) + weight_decay * w
+let y = lerp(w, z, ckp1) + scheduled_lr * (beta1 * (1 - ckp1) - 1) * u
+state z = z - scheduled_lr * u from w
+w = y
+eval_w = lerp(w, z, 1 - 1 / beta1)
+train_w = lerp(w, z, 1 - beta1)
+""", """Schedule-Free AdamW, with schedulefree.AdamWScheduleFree's keywords: the gradient
+is taken at y (the parameter while training); u = g / (sqrt(v / (1 - beta2^t)) + eps) +
+weight_decay y; z <- z - lr u (z starts at w); y <- lerp(y, z, c) + lr (beta1 (1 - c) -
+1) u with c = weight / weight_sum, weight = t^r lr_max^weight_lr_power (lr warmed up
+over warmup_steps). optimizer.eval() sets the parameters to the average x = lerp(y, z,
+1 - 1/beta1), optimizer.train() back to y. (Defazio et al., 2024, "The Road Less
+Scheduled"; schedulefree.AdamWScheduleFree)""")
+
+_baseline("yellowfin", 1e-4, """param mu = 0 in [0, 1)
+param weight_decay = 0 in [0, inf)
+param beta = 0.999 in [0, 1)
+param clip_thresh = 0 in [0, inf)
+param auto_clip_fac = 0 in [0, inf)
+param zero_debias = 1 in [0, 1]
+param h_max_log_smooth = 1 in [0, 1]
+param h_min_log_smooth = 1 in [0, 1]
+param adapt_clip = 1 in [0, 1]
+param stat_protect_fac = 100 in (0, inf)
+param catastrophic_move_thresh = 100 in (0, inf)
+let e = 1e-6
+let auto_clipped = where((auto_clip_fac > 0) * (t > 1), \
+                        clip_gnorm(g, sqrt(h_max) * auto_clip_fac), g)
+let g0 = where(clip_thresh > 0, clip_gnorm(g, clip_thresh), auto_clipped)
+let g1 = where(adapt_clip * (t > 2), clip_gnorm(g0, sqrt(stat_protect_fac * h_max) + e), g0)
+let G = gsum(g1 * g1)
+let exploding = adapt_clip * (t > 1) * (G >= h_max)
+let g2 = where(exploding, clip_gnorm(g1, sqrt(h_max) + e), g1)
+state G_avg = beta * G_avg + (1 - beta) * G
+let db = where(zero_debias, 1 - beta^t, 1)
+let low = winmin(G, 20)
+let high = winmax(G, 20)
+state hmin_avg = beta * hmin_avg + (1 - beta) * where(h_min_log_smooth, log(low + e), low)
+state hmax_avg = beta * hmax_avg + (1 - beta) * where(h_max_log_smooth, log(high + e), high)
+let h_min = where(h_min_log_smooth, exp(hmin_avg / db), hmin_avg / db)
+state h_max = where(h_max_log_smooth, exp(hmax_avg / db), hmax_avg / db)
+state a = beta * a + (1 - beta) * g1
+let grad_var = max(gsum(a * a) / -(db^2) + G_avg / db, e)
+state gnorm_avg = beta * gnorm_avg + (1 - beta) * sqrt(G)
+state dist_avg = beta * dist_avg + (1 - beta) * gnorm_avg / (G_avg + e)
+let dist = dist_avg / db
+let P = (dist + e)^2 * (h_min + e)^2 / 2 / (grad_var + e)
+let w3 = (-sqrt(P^2 + 4 / 27 * P^3) - P) / 2
+let root = sign(w3) * abs(w3)^(1 / 3)
+let x = root - P / 3 / (root + e) + 1
+let dr = max((h_max + e) / (h_min + e), 1 + e)
+let mu_t = where(t > 1, max(x^2, ((sqrt(dr) - 1) / (sqrt(dr) + 1))^2), mu)
+let lr_tuned = (1 - sqrt(mu_t))^2 / (h_min + e)
+let lr_t = where(t > 1, min(lr_tuned, lr_tuned * t / (10 * 20)), lr)
+let catastrophic = adapt_clip * (lr_t * sqrt(G) >= catastrophic_move_thresh)
+let lr_sgd = where(catastrophic, catastrophic_move_thresh / sqrt(G + e), lr_t)
+let d = g2 + weight_decay * w
+let moving = mu_t != 0
+state b = where(moving, where(started, mu_t * b + d, d), b)
+state started = max(started, moving)
+w = w - lr_sgd * where(moving, b, d)
+param curv_win_width = 20 in [20, 20]
+param sparsity_debias = 0 in [0, 0]
+param force_non_inc_step = 0 in [0, 0]
+param delta_mu = 0 in [-inf, inf)
+param checkpoint_interval = 1000 in [1, inf)
+param verbose = 0 in [0, 1]
+""", """YellowFin, with the keywords of its authors' PyTorch YFOptimizer: momentum SGD whose
+momentum and lr are tuned every step from statistics over every parameter: G = |g|^2
+(global), the curvature range h_min, h_max from the extremes of log G over the last 20
+steps (running averages, zero-debiased), the gradient variance and the distance to the
+optimum; mu solves the paper's cubic (at least ((sqrt(h_max/h_min) - 1) / (sqrt(h_max/
+h_min) + 1))^2), lr = (1 - sqrt(mu))^2 / h_min with a slow start; gradients clipped
+against h_max (adapt_clip) and the step against catastrophic moves. lr is the first
+step's. Not followed: the restore from a checkpoint when the statistics are not finite,
+sparsity_debias, force_non_inc_step and a window other than 20 (refused). (Zhang &
+Mitliagkas, 2019, "YellowFin and the Art of Momentum Tuning"; JianGoForIt/
+YellowFin_Pytorch tuner_utils/yellowfin.py)""")
+
+
 BASELINES: dict[str, Baseline] = {b.name: b for b in _REGISTRY}
 
 

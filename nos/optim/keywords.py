@@ -42,6 +42,9 @@ CHOICES: dict[str, dict[Any, float]] = {
     "mars_type": {"adamw": 0.0, "lion": 1.0},
     "t_alpha_beta3": {None: 0.0},  # AdEMAMix: no warm-up
     "adanorm_r": {None: 0.95},  # pytorch_optimizer's AdaNorm: None is 0.95
+    "beta3": {None: -1.0},  # Prodigy: None is sqrt(beta2)
+    "clip_thresh": {None: 0.0},  # YellowFin: no clipping
+    "auto_clip_fac": {None: 0.0},
 }
 WHOLE = frozenset({"ns_steps"})
 
@@ -50,15 +53,24 @@ WHOLE = frozenset({"ns_steps"})
 # for a named choice the rule cannot take.
 _GLOBAL_NORM = ("it scales every gradient by the norm of all the optimizer's gradients, "
                 "and a rule reads one tensor at a time")
+_WINDOW = "the window of running extrema is 20 steps long in the rule's text"
 REFUSED: dict[tuple, str] = {
+    ("prodigy", "fsdp_in_use"): "nos reduces over every parameter it steps itself; a "
+                                "sharded model's other shards are not among them",
+    ("prodigy", "slice_p"): "the estimate reads every element (slice_p=1)",
+    ("yellowfin", "curv_win_width"): _WINDOW,
+    ("yellowfin", "sparsity_debias"): "its sparsity statistic is not part of the rule",
+    ("yellowfin", "force_non_inc_step"): "its non-increasing step is not part of the rule",
     ("lion", "use_triton"): "a Triton kernel of the same step; nos has its own executors "
                             "(foreach, fused)",
     ("adan", "max_grad_norm"): _GLOBAL_NORM,
-    ("adan", "use_gc"): "gradient centralization averages over every dimension but the "
-                        "first, which no reduction of the language does for 4-D tensors",
+    ("adan", "use_gc"): "gradient centralization subtracts the mean over every dimension "
+                        "but the first, which the language's reductions (the whole tensor, "
+                        "its last or second-to-last dimension) give only up to 3-D",
     ("lamb", "pre_norm"): _GLOBAL_NORM,
-    ("mars", "mars_type", "shampoo"): "its Newton-Schulz step reads a matrix of every "
-                                      "parameter but the 1-D ones, which MARS steps as AdamW",
+    ("mars", "mars_type", "shampoo"): "a rule with newton_schulz steps 2-D parameters only, "
+                                      "and MARS steps the 1-D ones as AdamW and views "
+                                      "those of 3-D and up as matrices",
 }
 
 # torch.optim's state names for the buffers of the rules named after its classes, so that
@@ -84,18 +96,22 @@ TORCH_STATE: dict[str, dict[str, str]] = {
 TORCH_IGNORED = frozenset({"eta", "mu", "ax"})
 
 
-def tuple_keywords(declared: set[str] | dict) -> dict[str, tuple[str, ...]]:
+# Params that are keywords of their own in a rule's reference, outside its tuple.
+OWN_KEYWORD = {("prodigy", "beta3")}  # Prodigy(betas=(beta1, beta2), beta3=None)
+
+
+def tuple_keywords(declared: set[str] | dict, rule: str = "") -> dict[str, tuple[str, ...]]:
     """The tuple keywords a rule with these params takes: all parts declared, and the
     keyword not itself a param (``eps`` is Adafactor's pair only where there is no eps).
     ``betas`` stands for the longest run of ``beta1, beta2, beta3`` the rule declares
-    (a lone ``beta1`` too)."""
+    (a lone ``beta1`` too), short of a part that is its own keyword in ``rule``."""
     found = {}
     for key, names in TUPLES.items():
         if key in declared:
             continue
         if key == "betas":
-            count = next((i for i, name in enumerate(names) if name not in declared),
-                         len(names))
+            count = next((i for i, name in enumerate(names) if name not in declared
+                          or (rule, name) in OWN_KEYWORD), len(names))
             parts = names[:count]
         else:
             parts = names if all(name in declared for name in names) else ()
@@ -155,8 +171,9 @@ def translate(group: dict, rule: str) -> None:
 def check_value(name: str, value: Any, bounds, rule: str) -> None:
     from nos.lang.printer import bounds_text, format_number
 
-    why = REFUSED.get((rule, name))
-    if why and value:
+    why = REFUSED.get((rule, name))  # the param's bounds hold the one value accepted
+    if why and (value not in bounds if isinstance(value, (int, float)) and bounds is not None
+                else value):
         raise KeywordError(f"Invalid {name}: {value!r} is not supported for rule {rule} "
                            f"({why})")
     if isinstance(value, bool):
@@ -192,11 +209,11 @@ def variant(rule, options: dict[str, Any], name: str):
     statements = rule.expanded().statements
     declared = {s.name: s for s in statements if s.kind == "param"}
     given = dict(options)
-    unknown = sorted(set(given) - set(declared) - set(tuple_keywords(declared)))
+    unknown = sorted(set(given) - set(declared) - set(tuple_keywords(declared, name)))
     if unknown:
         raise KeywordError(f"unknown keyword {unknown[0]!r} for rule {name}; its params: "
                            f"{', '.join(sorted(declared)) or 'none'}")
-    split_tuples(given, tuple_keywords(declared), name)
+    split_tuples(given, tuple_keywords(declared, name), name)
     translate(given, name)
     for key, value in given.items():
         given[key] = number(value)

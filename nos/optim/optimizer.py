@@ -206,7 +206,7 @@ class Optimizer(torch.optim.Optimizer):
         self._fused: dict[tuple, Any] = {}
         self._generators: dict[torch.device, torch.Generator] = {}
         self._declared = _param_statements(self.rule)
-        self._tuples = tuple_keywords(self._declared)
+        self._tuples = tuple_keywords(self._declared, self.__dict__.get("name", ""))
         self._switch_params = tuple(sorted(self.program.switches & set(self._declared)))
         self._switch_facts = tuple(sorted(self.program.switches & TENSOR_FACTS))
         self._facts = tuple(sorted(set(self.program.facts) | set(self._switch_facts)))

@@ -124,8 +124,11 @@ def gradient(rng: np.random.Generator, shape: tuple, scale: float = 1.0,
     return np.asarray(g, dtype=np.float64)
 
 
-def alternative(default: float, bounds: Bounds | None) -> float:
-    """A valid value of a param other than its default."""
+def alternative(default: float, bounds: Bounds | None) -> float | None:
+    """A valid value of a param other than its default; None for a param whose bounds
+    admit its default alone (a reference keyword a named rule refuses: ``in [0, 0]``)."""
+    if bounds is not None and bounds.lo == bounds.hi == default:
+        return None
     for value in (default * 0.5, default * 2, 0.5, 0.1, 2.0):
         if value != default and (bounds is None or value in bounds):
             return value
@@ -137,8 +140,9 @@ def other_values(rule: nos.Rule) -> dict[str, float]:
     default, as far as nos.Optimizer takes them together (torch's checks across keywords:
     SGD's nesterov needs momentum and no dampening): the last params are left at their
     defaults until it does."""
-    values = {s.name: alternative(s.default, s.bounds)  # type: ignore[arg-type]
-              for s in rule.expanded().statements if s.kind == "param"}
+    params = [s for s in rule.expanded().statements if s.kind == "param"]
+    values = {s.name: value for s in params
+              if (value := alternative(s.default, s.bounds)) is not None}  # type: ignore[arg-type]
     w = torch.zeros(2, 2, dtype=torch.float64, requires_grad=True)
     while values:
         try:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from nos.compile.compiler import compile_rule
+from nos.compile.compiler import compile_rule, specialise
 from nos.compile.evaluate import evaluate
 from nos.compile.executors import (
     Bucket,
@@ -465,11 +465,13 @@ class Optimizer(torch.optim.Optimizer):
                     like = matrix_view(p) if program.viewed and shape != FULL else p
                     state[name] = torch.zeros(shape_of(shape, like), dtype=p.dtype,
                                               device=p.device)
-                    if name in inits:
-                        value = evaluate(inits[name], {**hyper, **tensor_facts(p), "w": like},
-                                         like)
-                        state[name].copy_(value) if isinstance(value, torch.Tensor) \
-                            else state[name].fill_(value)
+                    if name in inits:  # read on the 2-D view, as the rule sees w
+                        view = matrix_view(p)
+                        value = evaluate(inits[name], {**hyper, **tensor_facts(p), "w": view},
+                                         view)
+                        target = matrix_view(state[name]) if shape == FULL else state[name]
+                        target.copy_(value) if isinstance(value, torch.Tensor) \
+                            else target.fill_(value)
                 buffer = state[name]
                 tensors.append(matrix_view(buffer) if program.viewed and shape == FULL
                                else buffer)
@@ -573,14 +575,19 @@ class Optimizer(torch.optim.Optimizer):
                 state = self.state.get(p)
                 if not state:  # never stepped: the parameter is its own view
                     continue
-                w = matrix_view(p) if self.program.viewed else p
+                w = matrix_view(p)  # the rule sees a vector as a column (n, 1)
                 if to_train and view not in self._views:
-                    w.copy_(state.pop(KEPT_W))
+                    p.copy_(state.pop(KEPT_W))
                     continue
-                names = {**hyper, **{k: v for k, v in state.items() if k != "step"},
-                         **tensor_facts(p), "w": w, "t": float(state["step"]),
+                kept = {k: matrix_view(v) if isinstance(v, torch.Tensor) and v.shape == p.shape
+                        else v for k, v in state.items() if k != "step"}
+                names = {**hyper, **kept, **tensor_facts(p), "w": w, "t": float(state["step"]),
                          "lr": float(group["lr"])}
-                value = evaluate(self._views[view], names, w)
+                # the where on params and facts decided, as the group's program did (a
+                # buffer only the branch not taken reads was not kept)
+                view_of = (Statement("view", view, self._views[view]),)
+                expr = specialise(view_of, {**hyper, **tensor_facts(p)})[0].expr
+                value = evaluate(expr, names, w)  # type: ignore[arg-type]
                 if not to_train and "train_w" not in self._views:
                     state[KEPT_W] = p.detach().clone()
                 w.copy_(value) if isinstance(value, torch.Tensor) else w.fill_(value)

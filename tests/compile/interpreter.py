@@ -1,8 +1,9 @@
 """A deliberately plain interpreter of the nos language, for differential testing.
 
-It shares only the parser with the package (``nos.parse(text).expanded()``
-gives the statements, the prelude definitions written out in front) and
-walks the tree one statement at a time with NumPy, with the meaning the
+It shares only the parser with the package (``nos.parse(text)`` and the
+prelude definitions the rule uses, ``nos.lang.parser.prelude_for``, put in
+front; the shorthand is not written out by nos.lang.desugar but interpreted
+here) and walks the tree one statement at a time with NumPy, with the meaning the
 README and the ops table's documentation give each construct:
 
 - buffers start at 0 and statements run in order; a name reads its newest
@@ -51,7 +52,28 @@ README and the ops table's documentation give each construct:
   shape;
 - the step is ``w <- w - lr * update``, with the update read where its
   statement stands (``w`` itself changes only at the end of the step), and
-  with g replaced by -g for a tensor stepped with ``maximize``.
+  with g replaced by -g for a tensor stepped with ``maximize``; ``w = expr``
+  instead gives the parameter's new value (no lr), broadcast to its shape;
+- ``gsum``, ``gmean``, ``gnorm`` (sqrt of the sum of squares), ``grms``
+  (gnorm / sqrt(count)) and ``gamax`` reduce over every element of every
+  tensor stepped at this step (all groups; count is their number of
+  elements), their operand seen at every element as a per-tensor reduction
+  sees it: the interpreter runs each statement on every tensor before the
+  next statement, and a statement's global reductions (innermost first) on
+  every tensor before the statement itself;
+- a buffer starts at 0, or at its ``from`` value (which reads w, the tensor's
+  facts and params), computed at the tensor's first step before any statement;
+- the shorthand means what nos.lang.ops documents, computed here directly
+  (not from nos's written-out form): ``dot(a, b) = sum(a b)``, ``cosine(a, b)
+  = sum(a b) / (max(norm(a), 1e-8) max(norm(b), 1e-8))``, ``clip_gnorm(x, c) =
+  x min(c / (gnorm(x) + 1e-6), 1)``; ``winmax(x, n)`` and ``winmin(x, n)`` are
+  the largest and smallest of the last n values of x that the tensor's steps
+  have seen (``min(t, n)`` of them), x read where the first call of the step
+  with the same x and n stands (the two share a window, filled once a step);
+- ``eval_w`` and ``train_w`` are views of the parameter (``shown``): eval_w
+  read with the tensor's buffers, w, t and lr after its last step; train_w
+  with w the eval view; without train_w, train() gives back the training
+  value; a tensor never stepped is its own view.
 
 The interpreter steps several tensors, given by their shapes, stored one after
 another in one flat array (C order); each tensor runs the rule on its own (its
@@ -84,6 +106,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from nos.lang.parser import prelude_for
 from nos.lang.rule import Rule
 from nos.lang.tree import Node, Statement
 
@@ -150,8 +173,20 @@ REDUCTIONS: dict[str, Callable[[Array], Array]] = {
 }
 AVERAGES = frozenset({"sum", "mean", "rowmean", "colmean"})  # linear: their parts are theirs
 SCHEDULES = ("cd", "rd")
+# Over the elements of every tensor stepped (``count`` of them), flattened and joined.
+GLOBAL: dict[str, Callable[[Array, int], Array]] = {
+    "gsum": lambda x, count: np.sum(x),
+    "gmean": lambda x, count: np.sum(x) / count,
+    "gnorm": lambda x, count: np.sqrt(np.sum(x * x)),
+    "grms": lambda x, count: np.sqrt(np.sum(x * x)) / np.sqrt(count),
+    "gamax": lambda x, count: np.max(x),
+}
+COSINE_FLOOR, CLIP_EPS = 1e-8, 1e-6  # as torch's cosine_similarity and clip_grad_norm_
+WINDOWS = {"winmax": np.maximum, "winmin": np.minimum}  # nan-propagating
+SHORTHAND = frozenset({"dot", "cosine", "clip_gnorm"}) | frozenset(WINDOWS)
 LANGUAGE = (frozenset(BINARY) | frozenset(UNARY) | frozenset(TERNARY) | frozenset(REDUCTIONS)
-            | frozenset(SCHEDULES) | {"drop", "newton_schulz"})
+            | frozenset(SCHEDULES) | frozenset(GLOBAL) | SHORTHAND | {"drop", "newton_schulz"})
+TENSOR = "__tensor"  # the env's entry for the index of the tensor it belongs to
 
 
 def matrix_shape(shape: Shape) -> Shape:
@@ -184,7 +219,7 @@ class Interpreter:
         nudge: float = 0.0,
         seed: int = 0,
     ) -> None:
-        self.statements: tuple[Statement, ...] = rule.expanded().statements
+        self.statements: tuple[Statement, ...] = prelude_for(rule.statements) + rule.statements
         self.shapes = [tuple(shape) for shape in shapes]
         self.views = [matrix_shape(shape) for shape in self.shapes]
         self.sizes = [math.prod(shape) for shape in self.shapes]
@@ -202,6 +237,10 @@ class Interpreter:
         self.buffers = {s.name: [self.number(0.0)] * len(self.shapes)
                         for s in self.statements if s.kind == "state"}
         self.step_size = np.zeros(self.size)
+        # per tensor, (x, n) -> the last values of x, newest last (winmax, winmin)
+        self.windows: list[dict[tuple[Node, int], list[Array]]] = [{} for _ in self.shapes]
+        self.filled: list[set] = [set() for _ in self.shapes]  # windows filled this step
+        self.reduced: dict[Node, Array] = {}  # the global reductions of this statement
 
     def per_tensor(self, value: Sequence[float] | float | None) -> list:
         """One value per tensor, from one for all or one per tensor."""
@@ -229,9 +268,11 @@ class Interpreter:
 
     # --- a step ----------------------------------------------------------------------
 
-    def inputs(self, i: int, w: Array, g: Array, lr: float) -> dict[str, Array]:
-        """What tensor i's statements read before any of them runs."""
-        env = {"w": w, "g": g, "t": self.number(self.t[i]), "lr": self.number(lr)}
+    def inputs(self, i: int, w: Array, g: Array | None, lr: float) -> dict[str, Array]:
+        """What tensor i's statements read before any of them runs (a view: no g)."""
+        env = {"w": w, "t": self.number(self.t[i]), "lr": self.number(lr), TENSOR: i}
+        if g is not None:
+            env["g"] = g
         if self.total is not None:
             env["T"] = self.number(self.total)
         env.update({name: self.number(value) for name, value
@@ -247,39 +288,92 @@ class Interpreter:
         per tensor); the others keep their values, buffers and step number."""
         lrs, on = self.per_tensor(lr), self.per_tensor(True if active is None else active)
         up = self.per_tensor(maximize)
-        new, sizes = [], []
+        ws = self.split(w)
+        new, sizes = list(ws), [self.number(0.0)] * len(ws)
+        envs: dict[int, dict[str, Array]] = {}
         with np.errstate(all="ignore"):
-            for i, (w_i, g_i) in enumerate(zip(self.split(w), self.split(g))):
+            for i, (w_i, g_i) in enumerate(zip(ws, self.split(g))):
                 if not on[i]:
-                    new.append(w_i)
-                    sizes.append(self.number(0.0))
                     continue
                 self.t[i] += 1
                 env = self.inputs(i, w_i, -g_i if up[i] else g_i, lrs[i])
+                if self.t[i] == 1:
+                    self.start(i, env)
                 env.update({name: values[i] for name, values in self.buffers.items()})
-                update, size = self.run(env)
+                envs[i] = env
+                self.filled[i] = set()
+            for s in self.statements:
+                if s.kind in ("param", "view"):
+                    continue
+                self.reduce_globally(s.expr, list(envs.values()))  # type: ignore[arg-type]
+                for i, env in envs.items():
+                    value = self.eval(s.expr, env)  # type: ignore[arg-type]
+                    if s.kind in ("state", "let"):
+                        env[s.name] = value
+                        continue
+                    size = self.parts(s.expr, env)  # type: ignore[arg-type]
+                    if s.sets:  # the parameter's new value
+                        new[i] = self.zero(np.broadcast_to(value, ws[i].shape))
+                        sizes[i] = size
+                    else:
+                        lr_i = self.number(lrs[i])
+                        new[i] = self.zero(ws[i] - lr_i * value)
+                        sizes[i] = np.abs(lr_i) * size
+            for i, env in envs.items():
                 for name in self.buffers:
                     self.buffers[name][i] = env[name]
-                lr_i = self.number(lrs[i])
-                new.append(self.zero(w_i - lr_i * update))
-                sizes.append(np.abs(lr_i) * size)
         self.step_size = self.flat(sizes)
         return self.flat(new)
 
-    def run(self, env: dict[str, Array]) -> tuple[Array, Array]:
-        """A tensor's statements in order (env: its inputs and old buffers, which take each
-        state's and let's new value); the update and the magnitude of its parts."""
-        update = size = None
+    def start(self, i: int, env: dict[str, Array]) -> None:
+        """Tensor i's buffers before its first step: 0, or their ``from`` values."""
         for s in self.statements:
-            if s.kind == "param":
+            if s.kind == "state" and s.init is not None:
+                self.buffers[s.name][i] = self.eval(s.init, env)
+
+    def reduce_globally(self, expr: Node, envs: list[dict[str, Array]]) -> None:
+        """The statement's global reductions (and clip_gnorm's gnorm), innermost first, each
+        over every element of the stepped tensors (envs), kept in ``self.reduced`` for
+        eval to read."""
+        self.reduced = {}
+        if not envs:
+            return
+        count = sum(env["w"].size for env in envs)
+        for node in _post_order(expr):
+            if node in self.reduced or not (node.op in GLOBAL or node.op == "clip_gnorm"):
                 continue
-            value = self.eval(s.expr, env)  # type: ignore[arg-type]
-            if s.kind in ("state", "let"):
-                env[s.name] = value
-            else:
-                update, size = value, self.parts(s.expr, env)  # type: ignore[arg-type]
-        assert update is not None, "a rule has an update"
-        return update, size
+            op = "gnorm" if node.op == "clip_gnorm" else node.op
+            parts = [np.broadcast_to(self.eval(node.args[0], env), env["w"].shape).reshape(-1)
+                     for env in envs]
+            x = np.concatenate(parts)
+            out = self.number(GLOBAL[op](x, count))
+            if self.nudge:
+                out = out + self.nudge * GLOBAL[op](np.abs(x), count)
+            self.reduced[node] = self.zero(out)
+
+    def shown(self, w: Array, lr: Sequence[float] | float) -> tuple[Array, Array]:
+        """The parameters optimizer.eval() gives (eval_w of each tensor stepped at least
+        once, read with its buffers, w, t and lr) and those optimizer.train() gives back
+        from them (train_w read with w the eval view; else w as it was)."""
+        expressions = {s.name: s.expr for s in self.statements if s.kind == "view"}
+        lrs = self.per_tensor(lr)
+
+        def view(name: str, flat: Array) -> Array:
+            out = []
+            for i, w_i in enumerate(self.split(flat)):
+                if self.t[i] == 0 or name not in expressions:
+                    out.append(w_i)
+                    continue
+                env = self.inputs(i, w_i, None, lrs[i])
+                env.update({b: values[i] for b, values in self.buffers.items()})
+                out.append(self.zero(np.broadcast_to(self.eval(expressions[name], env),
+                                                     w_i.shape)))
+            return self.flat(out)
+
+        with np.errstate(all="ignore"):
+            shown = view("eval_w", w)
+            back = view("train_w", shown) if "train_w" in expressions else np.asarray(w)
+        return shown, back
 
     # --- expressions -------------------------------------------------------------------
 
@@ -290,7 +384,21 @@ class Interpreter:
             return self.name(str(node.value), env)
         if node.op in SCHEDULES:
             return self.zero(self.schedule(node.op, self.eval(node.args[0], env), env))
+        if node.op in GLOBAL:
+            return self.reduced[node]
+        if node.op in WINDOWS:
+            return self.zero(self.window(node, env))
         args = [self.eval(a, env) for a in node.args]
+        if node.op == "clip_gnorm":
+            scale = np.minimum(args[1] / (self.reduced[node] + CLIP_EPS), 1.0)
+            return self.zero(args[0] * scale)
+        if node.op == "dot":
+            return self.zero(self.reduce("sum", args[0] * args[1], env["w"].shape))
+        if node.op == "cosine":
+            full = env["w"].shape
+            norms = [np.maximum(self.reduce("norm", a, full), COSINE_FLOOR) for a in args]
+            return self.zero(self.reduce("sum", args[0] * args[1], full)
+                             / (norms[0] * norms[1]))
         if node.op == "drop":
             return self.zero(self.drop(*args, env["w"].shape))
         if node.op in UNARY:
@@ -304,6 +412,21 @@ class Interpreter:
         if node.op == "newton_schulz":
             return self.zero(self.newton_schulz(*args, env["w"].shape))
         raise ValueError(f"the interpreter does not know {node.op!r}")
+
+    def window(self, node: Node, env: dict[str, Array]) -> Array:
+        """winmax or winmin: the extreme of the last n values of x (fewer before the n-th
+        step), x read at the first call of the step with this x and n."""
+        x, n = node.args[0], int(float(node.args[1].value))  # type: ignore[arg-type]
+        i = env[TENSOR]
+        seen = self.windows[i].setdefault((x, n), [])
+        if (x, n) not in self.filled[i]:
+            self.filled[i].add((x, n))
+            seen.append(self.eval(x, env))
+            del seen[:-n]
+        out = seen[-1]
+        for value in seen[:-1]:
+            out = WINDOWS[node.op](out, value)
+        return out
 
     def reduce(self, op: str, x: Array, full: Shape) -> Array:
         """A reduction of x at every element of the tensor (with the nudge of the
@@ -392,3 +515,12 @@ class Interpreter:
         else:
             signed = np.asarray(0.0 if self.zeros == "+" else -0.0)
         return np.where(x == 0, signed.astype(self.dtype), x)
+
+
+def _post_order(node: Node) -> list[Node]:
+    """The subtree's nodes, children before their parents."""
+    out: list[Node] = []
+    for arg in node.args:
+        out += _post_order(arg)
+    out.append(node)
+    return out

@@ -82,8 +82,10 @@ def _updates(rule: Rule, grads: list[list[torch.Tensor]]) -> np.ndarray:
 
 def _optimizer_updates(rule: Rule, grads: list[list[torch.Tensor]]) -> np.ndarray:
     """The probe through nos.Optimizer, for rules whose buffers are numbers or of reduced
-    shapes, or that read a tensor's facts or switch on a param (the plain program above
-    is kept for the others, whose digests stored runs hold)."""
+    shapes, that read a tensor's facts or switch on a param, reduce over every parameter
+    (both probe tensors: the optimizer joins its buckets), start a buffer at a ``from``
+    value or set the parameter (``w = expr``) (the plain program above is kept for the
+    others, whose digests stored runs hold)."""
     from nos.optim.optimizer import Optimizer
 
     params = [p.clone().requires_grad_(False) for p in _probe()[0]]

@@ -94,3 +94,37 @@ def test_tensor_level_rules_that_differ_do_not():
              "lerp(g, sign(g), 0.5)", "g - rowmean(g)", "g - colmean(g)", "g - mean(g)"]
     digests = [fingerprint(t).digest for t in texts]
     assert None not in digests and len(set(digests)) == len(texts)
+
+
+@pytest.mark.parametrize("group", [
+    # a reduction over both probe tensors, written three ways
+    ["g / gnorm(g)", "g / sqrt(gsum(g^2))", "g / (grms(g) * sqrt(22))"],
+    ["clip_gnorm(g, 1e-3)", "g * min(1e-3 / (gnorm(g) + 1e-6), 1)"],
+    # the parameter's new value and the step that gives it
+    ["w = w - g", "g"],
+    ["w = w - lr * m", "m"],
+    # a buffer from a number and the number added
+    ["state s = s + g from 1\nupdate = s", "state s = s + g\nupdate = s + 1"],
+    # a window of one value is the value
+    ["winmax(norm(g), 1) * g", "norm(g) * g", "winmin(norm(g), 1) * g"],
+])
+def test_rules_with_the_later_constructs_that_agree_share_a_fingerprint(group):
+    prints = {fingerprint(text) for text in group}
+    assert len(prints) == 1 and next(iter(prints)).status == "ok", prints
+
+
+def test_rules_with_the_later_constructs_that_differ_do_not():
+    """A global reduction reads both probe tensors (not each its own), a from value and a
+    window change the steps, and w = expr is not update = expr."""
+    texts = ["g / gnorm(g)", "g / norm(g)", "gsum(g) * g", "sum(g) * g", "gamax(g) * g",
+             "amax(g) * g", "state s = s + g from w\nupdate = s", "state s = s + g\nupdate = s",
+             "winmax(norm(g), 3) * g", "winmin(norm(g), 3) * g", "w = w - 2 * g",
+             "w = lerp(w, g, 0.5)", "cosine(g, w) * g", "dot(g, w) * g"]
+    digests = [fingerprint(t).digest for t in texts]
+    assert None not in digests and len(set(digests)) == len(texts), list(zip(texts, digests))
+
+
+def test_a_rule_that_sets_w_to_what_ignores_the_gradient_is_degenerate():
+    assert fingerprint("w = 0.5 * w").status == "degenerate"
+    assert fingerprint("w = w + 0 * gnorm(g)").status == "degenerate"
+    assert fingerprint("w = w / gsum(g - g)").status == "invalid"

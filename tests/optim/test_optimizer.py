@@ -342,7 +342,8 @@ def test_baselines_have_docs_and_compile():
              "adamax", "adadelta", "rprop", "asgd", "nadam", "radam", "adafactor", "muon",
              "sgdw", "lion", "signsgd", "powersign", "powersign_ld", "powersign_cd",
              "powersign_rd", "addsign", "addsign_ld", "addsign_cd", "addsign_rd",
-             "adan", "lamb", "lars", "adabelief", "ademamix", "mars"}
+             "adan", "lamb", "lars", "adabelief", "ademamix", "mars", "prodigy",
+             "schedulefree_adamw", "yellowfin"}
     assert set(nos.baselines()) == names
     for baseline in nos.baselines().values():
         assert "(" in baseline.doc and len(baseline.doc) > 30

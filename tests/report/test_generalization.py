@@ -11,6 +11,7 @@ import sys
 
 import pytest
 
+from nos.cli import main
 from nos.report.generalization import correlations, print_generalization
 from tests.report.test_inspect import PNG, recorded_run
 
@@ -72,15 +73,27 @@ def test_generalization_trains_measures_and_correlates(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--generalization", "0"], "--generalization: must be at least 1"),
     (["--generalization", "--task", "nosuchtask"], "nosuchtask"),
-    (["--generalization", "--param", "nosuchparam=1"], "nosuchparam"),
-    (["SECOND", "--generalization"], "--generalization measures one run, got 2 directories"),
 ])
 def test_bad_input_is_one_line_and_exit_status_2(tmp_path, args, message):
     run = recorded_run(tmp_path / "run")
     before = (run / "nos.db").read_bytes()
-    args = [str(run) if a == "SECOND" else a for a in args]
     out = nos_inspect(str(run), *args, cache=str(tmp_path / "cache"))
     assert out.returncode == 2, out.stdout + out.stderr
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert out.stdout == ""
+    assert (run / "nos.db").read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--generalization", "--param", "nosuchparam=1"], "nosuchparam"),
+    (["SECOND", "--generalization"], "--generalization measures one run, got 2 directories"),
+])
+def test_bad_input_is_refused_before_any_training(tmp_path, capsys, args, message):
+    run = recorded_run(tmp_path / "run")
+    before = (run / "nos.db").read_bytes()
+    args = [str(run) if a == "SECOND" else a for a in args]
+    assert main(["inspect", str(run), *args]) == 2
+    out = capsys.readouterr()
+    assert message in out.err and len(out.err.strip().splitlines()) == 1, out.err
+    assert out.out == ""
     assert (run / "nos.db").read_bytes() == before

@@ -569,7 +569,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
     result = learn(task, args.out, settings, device=args.device, progress=not args.quiet)
     record = result.record()
     if args.json:
-        print(json.dumps({"out": args.out, "training": record, "meta_losses": result.losses}))
+        print(json.dumps({"out": args.out, "training": record}))
         return 0
     print(f"learned optimizer written to {args.out}")
     print(f"task       {result.task}: {len(result.losses)} meta-steps of {settings.unroll} "

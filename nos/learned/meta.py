@@ -105,6 +105,7 @@ class MetaResult:
                 "episodes": self.episodes, "seconds": round(self.seconds, 3),
                 "meta_loss_first": sum(first) / len(first) if first else None,
                 "meta_loss_last": sum(last) / len(last) if last else None,
+                "meta_losses": [round(loss, 5) for loss in self.losses],
                 "torch": str(torch.__version__)}
 
 

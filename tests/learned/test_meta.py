@@ -38,6 +38,7 @@ def test_a_short_meta_training_lowers_the_meta_loss():
     assert sum(result.losses[-5:]) < sum(result.losses[:5])
     record = result.record()
     assert record["task"] == "blobs" and record["meta_steps"] == 30 and record["seed"] == 0
+    assert len(record["meta_losses"]) == 30
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -107,6 +107,8 @@ def ablation_curve(model: nn.Module, score: Callable[[nn.Module], float], exampl
     """
     if orders < 1:
         raise ValueError(f"orders must be at least 1, got {orders}")
+    if points is not None and points < 2:
+        raise ValueError(f"points must be at least 2 (none and all ablated), got {points}")
     layers = count_units(model, example)
     total = sum(count for _, count in layers)
     if total == 0:

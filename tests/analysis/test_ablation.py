@@ -93,6 +93,9 @@ def test_points_thin_the_curve_without_changing_the_orders():
     assert thin.to_dict()["area"] == thin.area
 
 
-def test_a_network_without_units_is_refused():
+def test_a_network_without_units_and_a_curve_without_both_ends_are_refused():
     with pytest.raises(ValueError, match="no units to ablate"):
         ablation_curve(nn.Linear(2, 3), lambda m: 1.0, torch.randn(1, 2))
+    model, x, y = trained_mlp()
+    with pytest.raises(ValueError, match="points must be at least 2"):
+        ablation_curve(model, accuracy_on(x, y), x[:1], points=1)

@@ -21,9 +21,17 @@ each leaf's.  A ``where`` on params and facts alone is decided when the step is 
 only its branch is computed.  Scalars are computed in each leaf's dtype, at least
 float32 (float64 with ``jax_enable_x64``).  Random rules draw from ``jax.random`` with
 the key in the state (seeded by ``seed``): the same distributions as nos.Optimizer, not
-its samples.  Refused (ExportError): a reduction of a ``where`` on params alone that
-may give a number (traced, a number and a 0-d array look alike), and newton_schulz's
-steps or bits read from anything but params (the iteration is unrolled when traced).
+its samples.  A reduction over every parameter (``gsum gmean gnorm grms gamax``, and
+``clip_gnorm``, written out with the rest of the shorthand) reads every leaf: each leaf's
+step is a generator that yields the reduction's name and its part, run side by side
+(``_together``), the parts joined in the leaves' widest dtype; such a rule has no
+switches (nos runs one program for every group).  ``w = expr`` gives the update optax
+adds as the new value less w (one rounding more than setting it).  ``init`` starts a
+buffer at its ``from`` value (read on the leaf's 2-D view).  Refused (ExportError): a
+reduction of a ``where`` on params alone that may give a number (traced, a number and a
+0-d array look alike), newton_schulz's steps or bits read from anything but params (the
+iteration is unrolled when traced), and views (``eval_w``, ``train_w``: an optax
+transformation has no evaluation mode; the torch export has ``eval()`` and ``train()``).
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import textwrap
 from string import Template
 
 from nos.export.plan import (
+    ExportError,
     Plan,
     Spelling,
     check_identifier,
@@ -39,6 +48,7 @@ from nos.export.plan import (
     docstring_literal,
     float_literal,
     helpers_for,
+    init_function,
     kept_function,
     keywords_of,
     make_plan,
@@ -80,6 +90,12 @@ CALLS: dict[str, tuple[str | None, str | None]] = {
     "drop": ("_drop({0}, {1}, drawn[{k}])", None),
     "cd": (None, "_cd({0}, t, T)"),
     "rd": (None, "_rd({0}, t, T)"),
+    # over every leaf: this leaf's part yielded, the value over all sent back
+    "gsum": ('(yield "gsum", jnp.sum({0}))', None),
+    "gmean": ('(yield "gmean", jnp.sum({0}))', None),
+    "gnorm": ('(yield "gnorm", _norm({0}))', None),
+    "grms": ('(yield "grms", _norm({0}))', None),
+    "gamax": ('(yield "gamax", jnp.max({0}))', None),
 }
 
 HELPERS: dict[str, str] = {
@@ -208,6 +224,40 @@ def _first(name, p, group):
     the rule does not keep it for these params and this leaf."""
     return _zeros(SHAPES[name] if name in _kept(group, _facts(p)) else "none", p)
 ''',
+    "_combine": '''
+def _combine(name, parts, count):
+    """A reduction over every leaf from the leaves' parts (``count`` elements in all), in
+    their widest dtype: sums add, norms join as the norm of the norms (as
+    torch.nn.utils.clip_grad_norm_), maxima take the max."""
+    dtype = jnp.promote_types(jnp.result_type(*parts), jnp.float32)
+    stacked = jnp.stack([jnp.reshape(part, ()).astype(dtype) for part in parts])
+    if name in ("gsum", "gmean"):
+        total = jnp.sum(stacked)
+        return total / max(count, 1) if name == "gmean" else total
+    if name in ("gnorm", "grms"):
+        norm = jnp.sqrt(jnp.sum(stacked * stacked))
+        return norm / math.sqrt(max(count, 1)) if name == "grms" else norm
+    return jnp.max(stacked)
+''',
+    "_together": '''
+def _together(steps, count):
+    """Runs the leaves' steps side by side: at each reduction over every leaf, each step
+    yields the reduction's name and its leaf's part, and is sent the value over all of
+    them (``count`` elements, _combine) in its leaf's dtype; their results, in order."""
+    values = [None] * len(steps)
+    while True:
+        parts, results = [], []
+        for step, value in zip(steps, values):
+            try:
+                parts.append(step.send(value))
+            except StopIteration as stop:
+                results.append(stop.value)
+        if results or not steps:
+            assert len(results) == len(steps), "every leaf runs the same reductions"
+            return results
+        joined = _combine(parts[0][0], [part for _, part in parts], count)
+        values = [joined.astype(part.dtype) for _, part in parts]
+''',
     "_drop": '''
 def _drop(x, p, uniform):
     """Dropout with this step's U[0, 1) samples: an element is kept where its sample is
@@ -239,7 +289,7 @@ def _rd(n, t, T):
 
 SPELLING = Spelling(
     calls=CALLS, name="optax", tensorize="jnp.full_like(g, {0})", clone="{0}",
-    helpers=HELPERS,
+    helpers=HELPERS, whole="jnp.broadcast_to({0}, g.shape)",
     numbers={"div": "jnp.divide({0}, {1})"}, known="_known(lambda: {0})",
     scalar_where="jnp.where({0}, {1}, {2})", tensor_where="jnp.where({0}, {1}, {2})",
     read_lr='group["lr"]', static_args={"newton_schulz": (4, 6)})
@@ -248,7 +298,7 @@ OWN_ARGUMENTS = frozenset({"learning_rate", "total_steps", "seed"})
 # Names of the generated module and its function's body.
 MODULE_NAMES = frozenset({"hyper", "T", "init_fn", "update_fn", "unknown", "jax", "jnp", "optax",
                           "math", "RULE", "PARAMS", "BUFFERS", "SITES", "DEFAULT_LR", "Callable",
-                          "Any", "NamedTuple", "annotations"})
+                          "Any", "NamedTuple", "annotations", "start", "results"})
 
 MODULE = Template('''$docstring
 
@@ -274,7 +324,7 @@ DEFAULT_LR = $lr
 $helpers
 
 $update
-$kept
+$kept$starts
 $step
 
 def _check_values(learning_rate: Any, hyper: dict) -> None:
@@ -324,11 +374,13 @@ $needs_w        lr = learning_rate(state.count) if callable(learning_rate) else 
         grads, treedef = jax.tree_util.tree_flatten(updates)
         weights = treedef.flatten_up_to(params) if params is not None else [None] * len(grads)
         old = {name: treedef.flatten_up_to(state.buffers[name]) for name in BUFFERS}
-$keys        steps, new = [], {name: [] for name in BUFFERS}
+$keys        results = []
         for i, (g, w) in enumerate(zip(grads, weights, strict=True)):
             t = count.astype(jnp.promote_types(g.dtype, jnp.float32))
-$drawn            step, buffers = _step(w, g, {name: old[name][i] for name in BUFFERS}, hyper, lr,
-                                  t, T, $samples)
+$drawn            results.append(_step(w, g, {name: old[name][i] for name in BUFFERS}, hyper, lr,
+                                 t, T, $samples))
+$together        steps, new = [], {name: [] for name in BUFFERS}
+        for step, buffers in results:
             steps.append(step)
             for name in BUFFERS:
                 new[name].append(buffers[name])
@@ -377,6 +429,10 @@ def optax_source(rule: Rule | str, name: str | None = None, lr: float | None = N
     """
     source = read_source(rule, lr)
     plan = make_plan(source.rule)
+    if plan.views:
+        raise ExportError(f"the views ({', '.join(plan.views)}) are not exported to optax, "
+                          f"which has no evaluation mode; export the rule to torch "
+                          f"(eval() and train())")
     name = name or (source.baseline.name if source.baseline else "exported_rule")
     state = "".join(p[:1].upper() + p[1:] for p in name.split("_") if p) + "State"
     name = check_identifier(name, MODULE_NAMES | {state})
@@ -392,13 +448,19 @@ def optax_source(rule: Rule | str, name: str | None = None, lr: float | None = N
     update = update_function(plan, SPELLING)
     kept = "\n" + kept_function(plan, SPELLING) + "\n" if plan.kept else ""
     step = _step_function(plan)
+    starts = "\n" + init_function(plan, SPELLING) + "\n" + _start_function(plan) + "\n" \
+        if plan.inits else ""
     if plan.plain_buffers:
         zeros = "jnp.zeros_like"
+    elif plan.inits:
+        zeros = "lambda p, name=name: _start(name, p, hyper)"
     elif plan.kept:
         zeros = "lambda p, name=name: _first(name, p, hyper)"
     else:
         zeros = "lambda p, name=name: _zeros(SHAPES[name], p)"
-    helpers = helpers_for(update + kept + step + zeros, HELPERS)
+    together = ("        results = _together(results, sum(g.size for g in grads))\n"
+                if plan.crosses else "")
+    helpers = helpers_for(update + kept + starts + step + zeros + together, HELPERS)
     params = params_literal(plan)
     doc = _docstring(plan, name, source.baseline.doc if source.baseline else None)
     random = plan.random
@@ -407,7 +469,8 @@ def optax_source(rule: Rule | str, name: str | None = None, lr: float | None = N
         imports="import math\n" if "math." in helpers + update + params else "",
         rule=str(source.rule), params=params, buffers=tuple_literal(plan.buffers),
         sites=tuple_literal(plan.sites), lr=float_literal(source.lr), helpers=helpers,
-        update=update, kept=kept, step=step, zeros=zeros, shapes=_shapes_literal(plan),
+        update=update, kept=kept, starts=starts, step=step, zeros=zeros,
+        shapes=_shapes_literal(plan), together=together,
         matrix=MATRIX_CHECK.format(op=plan.matrix) if plan.matrix else "",
         name=name, state=state, doc=docstring_literal(doc, "    "),
         sample=SAMPLE if random else "",
@@ -431,6 +494,26 @@ def optax_source(rule: Rule | str, name: str | None = None, lr: float | None = N
     return "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n") + "\n"
 
 
+def _start_function(plan: Plan) -> str:
+    """``_start``: a buffer's first value for a leaf, its ``from`` value where it has one."""
+    shape = ('SHAPES[name] if name in _kept(group, _facts(p)) else "none"' if plan.kept
+             else "SHAPES[name]")
+    return f'''def _start(name, p, group):
+    """A buffer's first value for the leaf p: its from value (``_from``, read on p's 2-D
+    view) in the buffer's shape (SHAPES), else zeros (a 0-d zero where the rule does not
+    keep the buffer for these params and this leaf)."""
+    shape = {shape}
+    zeros = _zeros(shape, p)
+    starts = _from(_matrix(p), group, _facts(p))
+    if name not in starts or shape == "none":
+        return zeros
+    value = jnp.asarray(starts[name], zeros.dtype)
+    if shape == "full":
+        return jnp.broadcast_to(value, _matrix(p).shape).reshape(p.shape)
+    return jnp.broadcast_to(value, zeros.shape)
+'''
+
+
 def _shapes_literal(plan: Plan) -> str:
     """The SHAPES table, where a buffer is not a plain array like the leaf."""
     if plan.plain_buffers and not plan.viewed:
@@ -444,6 +527,10 @@ def _shapes_literal(plan: Plan) -> str:
 def _step_function(plan: Plan) -> str:
     """``_step``: one leaf's step around ``_update``."""
     facts = ", facts" if plan.facts else ""
+    call = "yield from _update" if plan.crosses else "_update"
+    # the step optax adds: -lr * update, or the new value less the old
+    move = "jnp.broadcast_to(update, g.shape) - w" if plan.sets else \
+        "jnp.broadcast_to(-lr * update, g.shape)"
     lines = []
     if plan.facts or plan.kept:
         lines.append("facts = _facts(g)")
@@ -461,12 +548,12 @@ def _step_function(plan: Plan) -> str:
                   "         for name, value in state.items()}"]
         if plan.random:
             lines.append("drawn = [_matrix(x) for x in drawn]")
-    lines.append(f"update, buffers = _update(w, g, state, group, t, T, drawn{facts})")
+    lines.append(f"update, buffers = {call}(w, g, state, group, t, T, drawn{facts})")
     if plain:
-        lines += ["step = jnp.broadcast_to(-lr * update, g.shape).astype(g.dtype)",
+        lines += [f"step = ({move}).astype(g.dtype)",
                   "return step, {name: buffers[name].astype(g.dtype) for name in BUFFERS}"]
     else:
-        lines += ["step = jnp.broadcast_to(-lr * update, g.shape).reshape(shape).astype(dtype)",
+        lines += [f"step = ({move}).reshape(shape).astype(dtype)",
                   "new = {}",
                   "for name in BUFFERS:",
                   "    value = buffers[name]"]
@@ -483,9 +570,11 @@ def _step_function(plan: Plan) -> str:
                   "        new[name] = value.astype(dtype)",
                   "return step, new"]
     body = "\n".join("    " + line for line in lines)
+    what = "the new value less w" if plan.sets else "-lr * update"
+    joined = " (a generator, as\n    _update)" if plan.crosses else ""
     return ("def _step(w, g, state, group, lr, t, T, drawn):\n"
-            '    """One leaf\'s step: -lr * update and the buffers\' new values, in the leaf\'s '
-            'dtype."""\n'
+            f'    """One leaf\'s step: {what} and the buffers\' new values, in the leaf\'s '
+            f'dtype{joined}."""\n'
             f"{body}\n")
 
 
@@ -516,6 +605,12 @@ def _docstring(plan: Plan, name: str, doc: str | None) -> str:
                      "other is not computed, and a buffer only it needs is a 0-d zero.")
     if plan.needs_total_steps:
         notes.append("``total_steps`` is the rule's T (it reads T, ld, cd or rd).")
+    if plan.crosses:
+        notes.append("The rule reduces over every leaf: the leaves' steps run side by side.")
+    if plan.sets:
+        notes.append("The rule gives the parameter's new value (``w = ...``): the update is "
+                     "that value less the params, and no learning rate is applied but the "
+                     "rule's own lr.")
     if plan.random:
         notes.append("noise, annealed_noise and drop draw from ``jax.random`` with the key in "
                      "the state, seeded by ``seed``: nos.Optimizer's distributions, not its "

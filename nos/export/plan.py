@@ -23,6 +23,16 @@ are folded into the statement's own code).
 ``facts`` when the rule reads ``ndim``, ``rows``, ...), the rule for one tensor, in a
 backend's :class:`Spelling`: the torch and optax exports differ in that table, their
 helpers and the code around the function, never in how a rule is read.
+
+The later constructs are read here too: the rule's shorthand is written out
+(``Rule.expanded``); ``w = expr`` is an update that is the parameter's new value
+(``Plan.sets``); a reduction over every parameter (``Plan.crosses``) is spelled as a
+``yield`` of the tensor's part, which makes ``_update`` a generator the backend runs side
+by side for every tensor, and leaves the rule without switches (nos.Optimizer runs one
+program for every group); ``from`` values are written as ``_from`` (``init_function``),
+views as ``_eval_w`` and ``_train_w`` (``view_function``); a view's where on params is a
+switch like the step's, and what it reads is kept.  A sum, norm or newton_schulz of a
+value stored reduced (a row mean) sees it at every element, as nos's compiler does.
 """
 
 from __future__ import annotations
@@ -37,9 +47,9 @@ import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from nos.compile.program import COL, FULL, ONE, REDUCED, ROW, broadcast
+from nos.compile.program import COL, FULL, GLOBAL, ONE, REDUCED, ROW, WHOLE, broadcast
 from nos.lang.ops import COMPARISONS, OPS
-from nos.lang.printer import bounds_text, format_number
+from nos.lang.printer import bounds_text, expr_text, format_number
 from nos.lang.rule import Rule
 from nos.lang.tree import TENSOR_FACTS, Node, Statement, live_statements
 from nos.optim.baselines import BASELINES, Baseline
@@ -113,6 +123,10 @@ class Plan:
     reads_lr: bool = False
     viewed: bool = False  # reads rows or columns: tensors are stepped as 2-D views
     matrix: str | None = None  # a matrix function the rule calls: 2-D parameters only
+    sets: bool = False  # ``w = expr``: the update is the parameter's new value
+    crosses: bool = False  # reduces over every parameter (gsum, gnorm, ...): no switches
+    inits: dict[str, Node] = field(default_factory=dict)  # buffer -> its ``from`` value
+    views: dict[str, Node] = field(default_factory=dict)  # eval_w, train_w -> expression
 
     @property
     def buffers(self) -> tuple[str, ...]:
@@ -128,8 +142,9 @@ class Plan:
 
     @property
     def plain_buffers(self) -> bool:
-        """Every buffer a tensor of the parameter's shape, kept in every case."""
-        return all(self.buffer_shape(n) == "full" for n in self.buffers) and not self.kept
+        """Every buffer a tensor of the parameter's shape, kept in every case, from zeros."""
+        return all(self.buffer_shape(n) == "full" for n in self.buffers) and not self.kept \
+            and not self.inits
 
     @property
     def kept(self) -> dict[str, Guard]:
@@ -210,10 +225,14 @@ def python_identifiers(names: Iterable[str], reserved: frozenset[str] = RESERVED
 
 def _types(live: tuple[Statement, ...]):
     """Kinds, shapes and the number buffers, as nos's compiler finds them: a buffer is a
-    number until its value needs a tensor; a tensor buffer widens until its shape holds
-    its value (a fixed point: shapes only grow)."""
+    number until its value (or its ``from`` value, reading w) needs a tensor; a tensor
+    buffer widens until its shape holds its value (a fixed point: shapes only grow)."""
     numbers = {s.name for s in live if s.kind == "state"}
     buffer_shapes: dict[str, frozenset[str]] = {}
+    for s in live:  # a buffer that starts at the parameter is a tensor of its shape
+        if s.kind == "state" and s.init is not None and "w" in s.init.names():
+            numbers.discard(s.name)
+            buffer_shapes[s.name] = FULL
     while True:
         kinds: dict[str, str] = {}
         shapes: dict[str, frozenset[str]] = {}
@@ -346,9 +365,15 @@ def _switches(live: tuple[Statement, ...], known: frozenset[str], sites: list[st
 
 
 def make_plan(rule: Rule) -> Plan:
-    """Read a rule for export; ExportError where nos.Optimizer could not compile it."""
+    """Read a rule for export; ExportError where nos.Optimizer could not compile it.
+
+    A rule with reductions over every parameter has no switches: nos.Optimizer runs one
+    program for every group (each reduction must read every parameter), which keeps
+    every buffer and decides each ``where`` at every element."""
     expanded = rule.expanded()
-    live = live_statements(expanded.statements)
+    everything = live_statements(expanded.statements)  # views keep what they read alive
+    views = {s.name: s.expr for s in everything if s.kind == "view"}
+    live = tuple(s for s in everything if s.kind != "view")
     kinds, shapes, numbers = _types(live)
     sites: list[str] = []
     for s in live:
@@ -356,21 +381,35 @@ def make_plan(rule: Rule) -> Plan:
             _sites(s.expr, sites)
     declared = tuple(s for s in expanded.statements if s.kind == "param")
     known = frozenset(s.name for s in declared) | TENSOR_FACTS
-    conditions, guards, code = _switches(live, known, sites)
-    defined = [s.name for s in expanded.statements if s.kind != "update"]
-    read = set().union(*(s.expr.names() for s in live if s.expr is not None))
+    crosses = any(n.op in GLOBAL for s in live if s.expr is not None for n in s.expr.walk())
+    if crosses:
+        conditions: tuple[Node, ...] = ()
+        guards: tuple[Guard, ...] = (None,) * len(live)
+        code: tuple[Node | None, ...] = tuple(s.expr for s in live)
+    else:  # a view's where on params is a switch too, and what it reads is kept
+        conditions, all_guards, all_code = _switches(everything, known, sites)
+        step = [i for i, s in enumerate(everything) if s.kind != "view"]
+        guards, code = tuple(all_guards[i] for i in step), tuple(all_code[i] for i in step)
+    defined = [s.name for s in expanded.statements if s.kind not in ("update", "view")]
+    inits = {s.name: s.init for s in live if s.kind == "state" and s.init is not None}
+    exprs = [s.expr for s in everything if s.expr is not None] + list(inits.values())
+    read = set().union(*(e.names() for e in exprs))
     called = set().union(*(s.expr.calls() for s in live if s.expr is not None))
     matrix = [n for s in expanded.statements if s.expr is not None for n in s.expr.walk()
               if n.op in OPS and OPS[n.op].matrix]
+    sets = any(s.sets for s in live)
     return Plan(rule=rule, declared=declared, live=live, kinds=kinds,
                 identifiers=python_identifiers(defined), sites=tuple(sites),
                 needs_total_steps=bool({"T", "ld"} & read or {"cd", "rd"} & called),
-                reads_w="w" in read, shapes=shapes, numbers=numbers, conditions=conditions,
-                guards=guards, code=code, facts=tuple(sorted(TENSOR_FACTS & read)),
-                reads_lr="lr" in read,
+                reads_w="w" in read or sets, shapes=shapes, numbers=numbers,
+                conditions=conditions, guards=guards, code=code,
+                facts=tuple(sorted(TENSOR_FACTS & read)),
+                reads_lr="lr" in set().union(*(s.expr.names() for s in live
+                                               if s.expr is not None)),
                 viewed=any(OPS[op].reduce in ("row", "col") or OPS[op].matrix
                            for op in called if op in OPS),
-                matrix=matrix[0].op if matrix else None)
+                matrix=matrix[0].op if matrix else None, sets=sets, crosses=crosses,
+                inits=inits, views=views)
 
 
 # --- literals -----------------------------------------------------------------------------
@@ -433,8 +472,10 @@ def description(plan: Plan, doc: str | None = None) -> str:
     """The shared part of a generated docstring: the rule, its LaTeX, its params."""
     expanded = plan.rule.expanded()
     parts = [textwrap.fill(doc, 88)] if doc else []
-    parts.append(textwrap.fill("The step is ``w <- w - lr * update`` with the rule (the "
-                               "prelude definitions it uses written out)::", 88))
+    step = "The rule gives the parameter's new value (``w = ...``)" if plan.sets else \
+        "The step is ``w <- w - lr * update``"
+    parts.append(textwrap.fill(f"{step} with the rule (the prelude definitions it uses and "
+                               "its shorthand written out)::", 88))
     parts.append("\n".join("    " + line for line in str(expanded).split("\n")))
     parts.append("In LaTeX::")
     parts.append("\n".join("    " + line for line in expanded.latex().split("\n")))
@@ -482,6 +523,7 @@ class Spelling:
     noise: str = "drawn[{k}] * 0.1"  # N(0, 0.01)
     annealed_noise: str = "drawn[{k}] * (1.0 + t) ** -0.275"  # N(0, (1 + t)^-0.55)
     linear_decay: str = "_ld(t, T)"
+    whole: str = "{0}"  # a tensor of a reduced shape broadcast to the parameter's
 
 
 @dataclass(frozen=True)
@@ -649,6 +691,8 @@ class _Writer:
                                   f"{self.spelling.name}: traced, the number and a 0-d array "
                                   f"look alike")
             operand = self.spelling.tensor_of.format(first.text)
+        elif node.op in WHOLE and (self.shape(node.args[0]) != FULL or not first.exact):
+            operand = self.spelling.whole.format(first.text)  # every element counts
         else:
             operand = first.text
         template = self.spelling.calls.get(node.op, ("", ""))[0]
@@ -664,7 +708,7 @@ class _Writer:
             if self.spelling.known and any(n.op not in _SIMPLE for n in node.args[i].walk()):
                 rest[i - 1] = self.spelling.known.format(rest[i - 1])
         text = template.format(operand, *rest)
-        exact = OPS[node.op].reduce == "all" or first.kind == SCALAR or \
+        exact = OPS[node.op].reduce in ("all", "global") or first.kind == SCALAR or \
             (first.exact and not first.number)
         return _Value(text, _ATOM, TENSOR, self.shape(node), False, exact)
 
@@ -699,13 +743,14 @@ def update_function(plan: Plan, spelling: Spelling) -> str:
     reads them).  A buffer not kept under the group's switches is None."""
     writer = _Writer(plan, spelling)
     ident = plan.identifiers
-    lines = []
+    read = set().union(*(s.expr.names() for s in plan.live if s.expr is not None))
+    lines = []  # (a param or fact only a from value or a view reads is not read here)
     for s in plan.live:
-        if s.kind == "param":
+        if s.kind == "param" and s.name in read:
             lines.append(f"{ident[s.name]} = float(group[{quote(s.name)}])")
     if plan.reads_lr:
         lines.append(f"lr = {spelling.read_lr}")
-    lines += [f"{fact} = facts[{quote(fact)}]" for fact in plan.facts]
+    lines += [f"{fact} = facts[{quote(fact)}]" for fact in plan.facts if fact in read]
     kept = plan.kept
     lines += [f"{ident[name]} = state.get({quote(name)})" if name in kept
               else f"{ident[name]} = state[{quote(name)}]" for name in plan.buffers]
@@ -731,12 +776,75 @@ def update_function(plan: Plan, spelling: Spelling) -> str:
     lines.append(f"return update, {{{buffers}}}")
     body = "\n".join("    " + line for line in lines)
     facts = ", facts" if plan.facts else ""
+    what = "the parameter's new value" if plan.sets else "its update"
+    joined = ("\n    A generator: at each reduction over every parameter it yields the "
+              "reduction's name\n    and this tensor's part, and is sent the value over "
+              "all tensors.") if plan.crosses else ""
     return (
         f"def _update(w, g, state, group, t, T, drawn{facts}):\n"
-        '    """The rule for one tensor: its update and its buffers\' new values (``state``\n'
-        "    holds the old ones, ``group`` the params, ``drawn`` this tensor's samples).\"\"\"\n"
+        f'    """The rule for one tensor: {what} and its buffers\' new values (``state``\n'
+        "    holds the old ones, ``group`` the params, ``drawn`` this tensor's samples)."
+        f'{joined}"""\n'
         f"{body}\n"
     )
+
+
+def _reading(plan: Plan, writer: _Writer, node: Node, lr: bool) -> list[str]:
+    """The lines that give an init's or a view's expression the params, facts, lr and
+    buffers it reads (a switch's condition included)."""
+    ident = plan.identifiers
+    names = node.names()
+    lines = [f"{ident[s.name]} = float(group[{quote(s.name)}])" for s in plan.declared
+             if s.name in names]
+    if lr and "lr" in names:
+        lines.append('lr = float(group["lr"])')
+    lines += [f"{fact} = facts[{quote(fact)}]" for fact in sorted(TENSOR_FACTS & names)]
+    kept = plan.kept
+    lines += [f"{ident[name]} = state.get({quote(name)})" if name in kept
+              else f"{ident[name]} = state[{quote(name)}]"
+              for name in plan.buffers if name in names]
+    return lines
+
+
+def init_function(plan: Plan, spelling: Spelling) -> str:
+    """``_from(w, group, facts) -> {buffer: value}``: the values the buffers with a ``from``
+    start at (before their tensor's first step), w the parameter's 2-D view (the rule
+    sees a vector as a column), a number or a tensor that broadcasts to the buffer."""
+    writer = _Writer(plan, spelling)
+    lines = []
+    for node in plan.inits.values():
+        lines += _reading(plan, writer, node, lr=False)
+    lines = list(dict.fromkeys(lines)) + ["start = {}"]
+    for name, node in plan.inits.items():
+        lines += filled(f"start[{quote(name)}]", writer.expr(node).text)
+    lines.append("return start")
+    body = "\n".join("    " + line for line in lines)
+    return ("def _from(w, group, facts):\n"
+            '    """The values the buffers with a ``from`` start at, for the parameter\'s 2-D '
+            'view w."""\n'
+            f"{body}\n")
+
+
+def view_function(plan: Plan, spelling: Spelling, name: str) -> str:
+    """``_eval_w(w, state, group, t, facts)`` (or ``_train_w``): the view of a tensor, w its
+    2-D view and ``state`` its buffers (a full buffer as the 2-D view too)."""
+    writer = _Writer(plan, spelling)
+    node = plan.views[name]
+    lines = _reading(plan, writer, node, lr=True)
+    value = writer.expr(node)
+    text = spelling.tensorize.format(value.text) if value.kind == SCALAR else value.text
+    lines += filled("view", text)
+    lines.append("return view")
+    body = "\n".join("    " + line for line in lines)
+    what = "evaluation" if name == "eval_w" else "training"
+    return (f"def _{name}(w, state, group, t, facts):\n"
+            f'    """The {what} view of a tensor (``{name} = {_short(node)}``)."""\n'
+            f"{body}\n")
+
+
+def _short(node: Node) -> str:
+    text = expr_text(node)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def kept_function(plan: Plan, spelling: Spelling) -> str:

@@ -28,6 +28,19 @@ nos.Optimizer with the same seed does; the roundings differ only where nos's com
 fuses operations (``addcdiv``, ``a * x + b * y``), about 1e-16 relatively per step in
 float64 (in float16 and bfloat16, where nos sums a step's terms once, by their
 precision's roundings).
+
+The later constructs.  A reduction over every parameter (``gsum gmean gnorm grms gamax``,
+and ``clip_gnorm``, written out with the rest of the shorthand before export) makes
+``_update`` a generator that yields the reduction's name and its tensor's part; ``step``
+runs every tensor's step side by side (``_together``) and sends back the value over all
+the tensors of all groups that have a gradient (nos.lang.ops.combine's own code, in
+float64), as nos.Optimizer joins its buckets.  Such a rule has no switches (nos runs one
+program for every group, keeping every buffer) and may not draw (refused: nos's two
+executors draw in different orders then).  ``w = expr`` copies the new value into the
+parameter.  A ``from`` value starts its buffer (``_from``, read on the parameter's 2-D
+view: a vector is a column).  ``eval_w`` and ``train_w`` become ``eval()`` and
+``train()``, as nos.Optimizer's: a group's ``train_mode``, the training value kept in
+``state["w_train"]`` where the rule has no train_w, a step refused in between.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import textwrap
 from string import Template
 
 from nos.export.plan import (
+    ExportError,
     Plan,
     Spelling,
     check_identifier,
@@ -44,6 +58,7 @@ from nos.export.plan import (
     docstring_literal,
     float_literal,
     helpers_for,
+    init_function,
     kept_function,
     keywords_of,
     make_plan,
@@ -52,6 +67,7 @@ from nos.export.plan import (
     read_source,
     tuple_literal,
     update_function,
+    view_function,
 )
 from nos.lang import ops
 from nos.lang.rule import Rule
@@ -87,6 +103,12 @@ CALLS: dict[str, tuple[str | None, str | None]] = {
     "drop": ("_drop({0}, {1}, drawn[{k}])", None),
     "cd": (None, "_cd({0}, t, T)"),
     "rd": (None, "_rd({0}, t, T)"),
+    # over every parameter: this tensor's part yielded, the value over all sent back
+    "gsum": ('(yield "gsum", torch.sum({0}))', None),
+    "gmean": ('(yield "gmean", torch.sum({0}))', None),
+    "gnorm": ('(yield "gnorm", torch.linalg.vector_norm({0}))', None),
+    "grms": ('(yield "grms", torch.linalg.vector_norm({0}))', None),
+    "gamax": ('(yield "gamax", torch.amax({0}))', None),
 }
 
 def _from_ops(fn, name: str) -> str:
@@ -256,6 +278,51 @@ def _zeros(shape, p):
         dims[-2] = 1
     return torch.zeros(dims, dtype=p.dtype, device=p.device)
 ''',
+    "_combine": _from_ops(ops.combine, "_combine"),
+    "_together": '''
+def _together(steps, count):
+    """Runs the tensors' steps side by side: at each reduction over every parameter, each
+    step yields the reduction's name and its tensor's part, and is sent the value over
+    all of them (``count`` elements; _combine, in float64) in its tensor's dtype."""
+    values = [None] * len(steps)
+    while steps:
+        parts, done = [], 0
+        for step, value in zip(steps, values):
+            try:
+                parts.append(step.send(value))
+            except StopIteration:
+                done += 1
+        if done:
+            assert done == len(steps), "every tensor runs the same reductions"
+            return
+        joined = _combine(parts[0][0], [part for _, part in parts], count)
+        values = [joined.to(device=part.device, dtype=part.dtype) for _, part in parts]
+''',
+    "_first": '''
+def _first(name, p, group):
+    """A buffer's value before its tensor's first step: its from value (``_from``, read on
+    p's 2-D view) in the buffer's shape (SHAPES), else 0."""
+    starts = _from(_matrix(p), group, _facts(p))
+    if name not in starts:
+        return _zeros(SHAPES[name], p)
+    if SHAPES[name] == "number":
+        return float(starts[name])
+    buffer = _zeros(SHAPES[name], p)
+    target = _matrix(buffer) if SHAPES[name] == "full" else buffer
+    value = starts[name]
+    target.copy_(value) if isinstance(value, torch.Tensor) else target.fill_(value)
+    return buffer
+''',
+    "_show": '''
+def _show(view, p, state, group):
+    """Sets p to a view of it (``_eval_w`` or ``_train_w``), read on its 2-D view with its
+    buffers (a full one as the 2-D view too)."""
+    w = _matrix(p)
+    buffers = {name: _matrix(value) if isinstance(value, torch.Tensor)
+               and value.shape == p.shape else value for name, value in state.items()}
+    value = view(w, buffers, group, float(state["step"]), _facts(p))
+    w.copy_(value) if isinstance(value, torch.Tensor) else w.fill_(value)
+''',
     "_drop": '''
 def _drop(x, p, uniform):
     """Dropout with this step's U[0, 1) samples: an element is kept where its sample is
@@ -287,7 +354,7 @@ def _rd(n, t, T):
 
 SPELLING = Spelling(
     calls=CALLS, name="torch", tensorize="torch.full_like(w, {0})", clone="{0}.clone()",
-    helpers=HELPERS,
+    helpers=HELPERS, whole="{0}.expand_as(w)",
     numbers={"exp": "_apply(torch.exp, {0})", "log": "_apply(torch.log, {0})",
              "sqrt": "_apply(torch.sqrt, {0})", "abs": "abs({0})", "div": "_div({0}, {1})"},
     tensor_of="_tensor({0}, w)")
@@ -296,7 +363,7 @@ OWN_ARGUMENTS = frozenset({"params", "lr", "total_steps", "seed", "maximize"})
 # Names of the generated module and its constructor's body.
 MODULE_NAMES = frozenset({"self", "defaults", "torch", "math", "unknown", "RULE", "PARAMS",
                           "BUFFERS", "SITES", "DEFAULT_LR", "Callable", "Iterable", "Any",
-                          "annotations"})
+                          "annotations", "start", "view", "steps"})
 
 MODULE = Template('''$docstring
 
@@ -320,7 +387,7 @@ DEFAULT_LR = $lr
 $helpers
 
 $update
-$kept
+$kept$starts$views
 $step
 
 def _check_values(group: dict) -> None:
@@ -351,7 +418,8 @@ $more        _check_values(defaults)
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict) -> None:
-        unknown = sorted(set(param_group) - {"params", "lr", "initial_lr", "maximize", *PARAMS})
+        allowed = {"params", "lr", "initial_lr", "maximize",$mode *PARAMS}
+        unknown = sorted(set(param_group) - allowed)
         if unknown:
             raise ValueError(f"unknown hyperparameter {unknown[0]!r} for this rule; its "
                              f"params are: {', '.join(PARAMS) or 'none'}")
@@ -393,15 +461,10 @@ $random
             with torch.enable_grad():
                 loss = closure()
         # all that can refuse the step is done before any state or parameter changes
-        work = [(group, self._with_grads(group)) for group in self.param_groups]
+$refuse        work = [(group, self._with_grads(group)) for group in self.param_groups]
         total = $total
-        for group, params in work:
-            for (t, _, _), bucket in self._buckets(group, params).items():
-$draw                for $each in $bucket:
-                    _step(p, self.state[p], group, float(t), total,
-                          $samples)
-        return loss
-''')
+$run        return loss
+$shows''')
 
 RANDOM = '''
     def _generator(self, device: torch.device) -> torch.Generator | None:
@@ -470,6 +533,68 @@ MATRIX_CHECK = """\
 """
 
 
+RUN = """\
+        for group, params in work:
+            for (t, _, _), bucket in self._buckets(group, params).items():
+{draw}                for {each} in {bucket}:
+                    _step(p, self.state[p], group, float(t), total,
+                          {samples})
+"""
+
+# a rule with reductions over every parameter: every tensor's step runs side by side
+RUN_TOGETHER = """\
+        steps = [_step(p, self.state[p], group, float(t), total, [])
+                 for group, params in work
+                 for (t, _, _), bucket in self._buckets(group, params).items()
+                 for p in bucket]
+        _together(steps, sum(p.numel() for _, params in work for p in params))
+"""
+
+REFUSE_IN_EVAL = """\
+        if not all(group["train_mode"] for group in self.param_groups):
+            raise RuntimeError("the parameters hold the evaluation view (eval_w): call "
+                               "optimizer.train() before step()")
+"""
+
+SHOWS = '''
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Sets every parameter to the rule's evaluation view, ``eval_w``, to evaluate or
+        save the model; ``train()`` goes back.{kept}"""
+        for group in self.param_groups:
+            if group["train_mode"]:
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state:  # a parameter never stepped is its own view
+{keep}                        _show(_eval_w, p, state, group)
+                group["train_mode"] = False
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Sets every parameter back to its training value{back_doc}; a
+        step needs it."""
+        for group in self.param_groups:
+            if not group["train_mode"]:
+                for p in group["params"]:
+                    state = self.state.get(p)
+                    if state:
+                        {back}
+                group["train_mode"] = True
+'''
+
+
+def _shows(plan: Plan) -> str:
+    """The ``eval()`` and ``train()`` methods of a rule with views (as nos.Optimizer's)."""
+    if "train_w" in plan.views:
+        return SHOWS.format(kept="", keep="", back_doc=" (the rule's ``train_w``)",
+                            back="_show(_train_w, p, state, group)")
+    return SHOWS.format(kept="  The training value is kept meanwhile (in\n        "
+                        "``state[\"w_train\"]``).",
+                        keep='                        state["w_train"] = p.detach().clone()\n',
+                        back_doc=", kept by ``eval()``",
+                        back='p.copy_(state.pop("w_train"))')
+
+
 def _shapes_literal(plan: Plan) -> str:
     """The SHAPES table, where a buffer is not a plain tensor like the parameter or the rule
     reads rows or columns."""
@@ -488,36 +613,42 @@ def _buffers_made(plan: Plan) -> str:
                 "                    state[name] = torch.zeros_like(p, memory_format="
                 "torch.preserve_format)\n")
     names = "_kept(group, _facts(p))" if plan.kept else "BUFFERS"
+    first = "_first(name, p, group)" if plan.inits else "_zeros(SHAPES[name], p)"
     return (f"            for name in {names}:\n"
             "                if name not in state:\n"
-            "                    state[name] = _zeros(SHAPES[name], p)\n")
+            f"                    state[name] = {first}\n")
 
 
 def _step_function(plan: Plan) -> str:
     """``_step``: one tensor's step around ``_update``."""
     facts = ", _facts(p)" if plan.facts else ""
+    call = "yield from _update" if plan.crosses else "_update"
+    apply = "copy_(update)" if plan.sets else 'add_(update, alpha=-group["lr"])'
     lines = ['g = torch.neg(p.grad) if group.get("maximize", False) else p.grad']
     if plan.viewed:
         drawn = "[_matrix(x) for x in drawn]" if plan.random else "drawn"
         lines += ["w = _matrix(p)",
                   'old = {name: _matrix(state[name]) if SHAPES[name] == "full" else state[name]',
                   "       for name in BUFFERS if name in state}",
-                  f"update, buffers = _update(w, _matrix(g), old, group, t, T, {drawn}{facts})",
+                  f"update, buffers = {call}(w, _matrix(g), old, group, t, T, {drawn}{facts})",
                   "for name, value in buffers.items():",
                   "    if value is not None:",
                   '        state[name] = value.reshape(p.shape) if SHAPES[name] == "full" '
                   "else value",
-                  'w.add_(update, alpha=-group["lr"])']
+                  f"w.{apply}"]
     else:
-        lines.append(f"update, buffers = _update(p, g, state, group, t, T, drawn{facts})")
+        lines.append(f"update, buffers = {call}(p, g, state, group, t, T, drawn{facts})")
         lines.append("state.update((name, value) for name, value in buffers.items() "
                      "if value is not None)" if plan.kept else "state.update(buffers)")
-        lines.append('p.add_(update, alpha=-group["lr"])')
+        lines.append(f"p.{apply}")
     body = "\n".join("    " + line for line in lines)
+    then = "w <- the rule's new value" if plan.sets else "w <- w - lr * update"
+    joined = " (a generator, as\n    _update)" if plan.crosses else ""
+    returns = "" if plan.crosses else " -> None"
     return ("def _step(p: torch.Tensor, state: dict, group: dict, t: float, T: float | None,\n"
-            "          drawn: list) -> None:\n"
-            '    """One tensor\'s step: the rule\'s update and buffers, then w <- w - lr * update '
-            '(g is\n    the gradient, or its negative with maximize)."""\n'
+            f"          drawn: list){returns}:\n"
+            f'    """One tensor\'s step: the rule\'s update and buffers, then {then} (g is\n'
+            f'    the gradient, or its negative with maximize){joined}."""\n'
             f"{body}\n")
 
 
@@ -536,6 +667,11 @@ def torch_source(rule: Rule | str, name: str | None = None, lr: float | None = N
     """
     source = read_source(rule, lr)
     plan = make_plan(source.rule)
+    if plan.crosses and plan.random:
+        raise ExportError("a random draw (noise, annealed_noise, drop) in a rule with "
+                          "reductions over every parameter (gsum, gnorm, clip_gnorm, ...) is "
+                          "not exported: nos.Optimizer's two executors draw it in different "
+                          "orders")
     default = class_name(source.baseline.name) if source.baseline else "ExportedRule"
     name = check_identifier(name or default, MODULE_NAMES)
     keywords = keywords_of(plan, OWN_ARGUMENTS, MODULE_NAMES)
@@ -552,9 +688,17 @@ def torch_source(rule: Rule | str, name: str | None = None, lr: float | None = N
                      "maximize: bool = False")
     update = update_function(plan, SPELLING)
     kept = "\n" + kept_function(plan, SPELLING) + "\n" if plan.kept else ""
+    starts = "\n" + init_function(plan, SPELLING) + "\n" if plan.inits else ""
+    views = "".join("\n" + view_function(plan, SPELLING, view) + "\n" for view in plan.views)
     step = _step_function(plan)
     made = _buffers_made(plan)
-    helpers = helpers_for(update + kept + step + made, HELPERS)
+    run = RUN_TOGETHER if plan.crosses else RUN.format(
+        draw="                drawn = self._draw(bucket)\n" if plan.random else "",
+        samples="[samples[i] for samples in drawn]" if plan.random else "[]",
+        each="i, p" if plan.random else "p",
+        bucket="enumerate(bucket)" if plan.random else "bucket")
+    shows = _shows(plan) if plan.views else ""
+    helpers = helpers_for(update + kept + starts + views + step + made + run + shows, HELPERS)
     params = params_literal(plan)
     doc = _docstring(plan, name, source.baseline.doc if source.baseline else None)
     text = MODULE.substitute(
@@ -562,7 +706,7 @@ def torch_source(rule: Rule | str, name: str | None = None, lr: float | None = N
         imports="import math\n" if "math." in helpers + update + params else "",
         rule=str(source.rule), params=params, buffers=tuple_literal(plan.buffers),
         sites=tuple_literal(plan.sites), lr=float_literal(source.lr), helpers=helpers,
-        update=update, kept=kept, step=step, name=name,
+        update=update, kept=kept, starts=starts, views=views, step=step, name=name,
         class_doc=docstring_literal(doc, "    "),
         shapes=_shapes_literal(plan), buffers_made=made,
         made="" if plan.plain_buffers else ", a buffer\n        when the rule first needs it",
@@ -570,13 +714,12 @@ def torch_source(rule: Rule | str, name: str | None = None, lr: float | None = N
         keywords=(",\n                 *, " + ",\n                 ".join(signature))
         if signature else "",
         init="".join(block + "\n" for block in init),
-        defaults=(", " + keywords.values()) if keywords.plain else "",
+        defaults=((", " + keywords.values()) if keywords.plain else "")
+        + (', "train_mode": True' if plan.views else ""),
+        mode=' "train_mode",' if plan.views else "",
         more=keywords.rest_block("        ", "defaults"),
         random=RANDOM if plan.random else "",
-        draw="                drawn = self._draw(bucket)\n" if plan.random else "",
-        samples="[samples[i] for samples in drawn]" if plan.random else "[]",
-        each="i, p" if plan.random else "p",
-        bucket="enumerate(bucket)" if plan.random else "bucket",
+        refuse=REFUSE_IN_EVAL if plan.views else "", run=run, shows=shows,
         total="float(self.total_steps)" if plan.needs_total_steps else "None",
     )
     return "\n".join(line.rstrip() for line in text.split("\n")).rstrip("\n") + "\n"
@@ -604,6 +747,16 @@ def _docstring(plan: Plan, name: str, doc: str | None) -> str:
                      "other is not computed, and a buffer only it needs is not kept.")
     if plan.needs_total_steps:
         notes.append("``total_steps`` is the rule's T (it reads T, ld, cd or rd).")
+    if plan.crosses:
+        notes.append("The rule reduces over every parameter (of every group, with a "
+                     "gradient): a step runs every tensor's step side by side.")
+    if plan.sets:
+        notes.append("The rule gives the parameter's new value (``w = ...``): no lr is "
+                     "applied but the rule's own.")
+    if plan.views:
+        notes.append("``eval()`` sets every parameter to the rule's ``eval_w`` (to evaluate "
+                     "or save the model) and ``train()`` back; ``step()`` needs the training "
+                     "value.")
     if plan.random:
         notes.append("``seed`` seeds the generator of noise, annealed_noise and drop (one per "
                      "device, saved by ``state_dict()``); the samples are nos.Optimizer's with "

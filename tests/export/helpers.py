@@ -83,6 +83,34 @@ CONSTRUCTS = [
 ]
 
 
+# Rules of the later constructs, run by both exports' tests on gradients with special
+# values (a nan anywhere reaches every tensor through a reduction over all of them).
+LATER = [
+    # reductions over every parameter (all groups), of a number, of a row mean, nested
+    "g / (gnorm(g) + 1e-8) + gsum(w) * 1e-3 + gmean(g) + grms(rowmean(g)) + gamax(abs(g))"
+    " + gsum(2) * 1e-3",
+    "state m = lerp(m, g, 0.1)\nupdate = m / (gnorm(m) + 1e-3) + g / gnorm(g / (gnorm(g) + 1))",
+    # the shorthand: written out before export
+    "clip_gnorm(g, 0.5) + dot(g, w) * 1e-3 + cosine(g, w)",
+    "winmax(norm(g), 3) * g + winmin(norm(g), 2)",
+    # a where on a param in a rule of global reductions: no switch (one program for all)
+    "param p = 0 in [0, 1]\nstate s = where(p, s + g, g)\n"
+    "update = clip_gnorm(s, 1) + where(ndim >= 2, gamax(g), gmean(w))",
+    # w = expr: the parameter's new value, no lr applied
+    "w = w - lr * g",
+    "w = mean(w) + lr * sign(g)",
+    # from values: the parameter (its shape, even for a number's statement), numbers,
+    # params, facts, reductions on the 2-D view (colmean of a vector is its mean)
+    "state z = z - lr * g from w\nw = lerp(w, z, 0.5)",
+    "param k = 2\nstate c = c * 0.9 from 1\nstate d = d + lr from colmean(w)\n"
+    "state s = 0.9 * s + g from w * k + numel\nupdate = c * g + d + rowmean(g) + s",
+    "param flag = 1 in [0, 1]\nstate s = where(flag, s + g, 0) from w\n"
+    "update = where(flag, s, g)",  # a switch, and a buffer only one branch keeps
+    # a reduction of a value stored reduced counts every element (it reduced the stored)
+    "g + sum(rowmean(g)) + norm(colmean(w))",
+]
+
+
 def load_module(source: str, folder: Path, stem: str) -> ModuleType:
     """Write the source to a new file folder/stem_N.py and import it from that path, on its
     own (a new name each time: a rewritten file could meet its old cached bytecode)."""

@@ -80,6 +80,13 @@ def run_main(args: list[str], capsys) -> tuple[int, str, str]:
      "argument 5 of newton_schulz(x, a, b, c, steps, eps, bits) (line 1) must read params"),
     (["param f = 1 in [0, 1]\nupdate = where(f, noise, g)", "--torch", "-o", "x.py"],
      "in a branch of a where on params alone is not exported"),
+    (["g / gnorm(g) + drop(g, 0.5)", "--torch", "-o", "x.py"],
+     "a random draw (noise, annealed_noise, drop) in a rule with reductions over every "
+     "parameter (gsum, gnorm, clip_gnorm, ...) is not exported"),
+    (["schedulefree_adamw", "--optax", "-o", "x.py"],
+     "the views (eval_w, train_w) are not exported to optax, which has no evaluation mode"),
+    (["winmax(g, 0.5)", "--torch", "-o", "x.py"],
+     "line 1, column 11: the window of winmax must be a whole number in [1, 1000]"),
 ])
 def test_more_bad_input(tmp_path, monkeypatch, capsys, args, words):
     monkeypatch.chdir(tmp_path)

@@ -28,6 +28,7 @@ from nos.export.optax_module import optax_source
 from nos.export.plan import ExportError
 from tests.export.helpers import (
     CONSTRUCTS,
+    LATER,
     TENSOR_SPACES,
     check_agree,
     gradient,
@@ -128,6 +129,11 @@ def run_both(rule: str, tx, kwargs: dict, fed: np.random.Generator | None = None
 
 @pytest.mark.parametrize("name", BASELINES)
 def test_every_named_rule_trains_a_small_model_as_nos_optimizer(name, tmp_path):
+    """(A rule with views, schedulefree_adamw, is refused: optax has no evaluation mode.)"""
+    if any(s.kind == "view" for s in nos.baselines()[name].rule.statements):
+        with pytest.raises(ExportError, match="are not exported to optax"):
+            optax_source(name)
+        return
     kwargs = settings(nos.baselines()[name].rule)
     if name == "muon":  # bfloat16 matrix products round otherwise in XLA: float64 here
         kwargs["ns_bits"] = 64
@@ -215,6 +221,35 @@ def test_the_new_constructs_on_special_values(index, tmp_path):
                  steps=CONSTRUCT_STEPS)
 
 
+@pytest.mark.parametrize("index", range(len(LATER)))
+def test_the_later_constructs_on_special_values(index, tmp_path):
+    """Reductions over every leaf (each leaf's step runs side by side, under jax.jit),
+    w = expr (the update optax adds is the new value less w), from values and the
+    shorthand, with each rule's defaults, then with every param at another value; and on
+    the small model."""
+    rule = LATER[index]
+    parsed = nos.parse(rule)
+    for values in ({}, other_values(parsed)) if parsed.params else ({},):
+        kwargs = {**settings(parsed), **values}
+        tx = transformation(rule, tmp_path, f"rule{index}", learning_rate=LR, **kwargs)
+        run_both(rule, tx, kwargs, fed=np.random.default_rng(index), special=True,
+                 steps=CONSTRUCT_STEPS)
+        run_both(rule, tx, kwargs, steps=CONSTRUCT_STEPS)
+
+
+def test_random_draws_in_a_rule_of_global_reductions(tmp_path):
+    """optax's draws are its own (per leaf, from the state's key): a rule with reductions
+    over every leaf may draw (the torch export refuses it)."""
+    tx = transformation("g / gnorm(g) + drop(g, 0.5)", tmp_path, "drawn", learning_rate=1.0,
+                        seed=0)
+    grads = {"a": jnp.ones((300,)), "b": jnp.ones((100,))}
+    updates, _ = jax.jit(tx.update)(grads, tx.init(grads))
+    steps = np.concatenate([np.asarray(u) for u in updates.values()])
+    expected = -(1 / 20 + np.array([0.0, 2.0]))  # gnorm of 400 ones is 20
+    assert np.isin(np.round(steps, 12), np.round(expected, 12)).all()
+    assert 0.4 < np.mean(steps < -1) < 0.6
+
+
 @pytest.mark.slow
 def test_the_new_constructs_for_longer(tmp_path):
     for index, rule in enumerate(CONSTRUCTS):
@@ -270,7 +305,8 @@ def test_a_rule_that_reads_lr_reads_the_schedule(tmp_path):
 
 def test_what_optax_cannot_take_is_refused(tmp_path):
     """A reduction of what a switch may leave a number (traced, a number and a 0-d array
-    look alike), newton_schulz's steps read from the step; torch takes both.  A rule of
+    look alike), newton_schulz's steps read from the step, views (eval_w, train_w);
+    torch takes them.  A rule of
     2-D parameters refuses other leaves at init."""
     from nos.export.torch_module import torch_source
 
@@ -281,6 +317,9 @@ def test_what_optax_cannot_take_is_refused(tmp_path):
         ("newton_schulz(g, 3, -4, 2, t, 1e-7, 64)",
          "argument 5 of newton_schulz(x, a, b, c, steps, eps, bits) (line 1) must read params "
          "alone to be exported to optax"),
+        ("state z = z - lr * g from w\nw = lerp(w, z, 0.5)\neval_w = z",
+         "the views (eval_w) are not exported to optax, which has no evaluation mode; export "
+         "the rule to torch (eval() and train())"),
     ]:
         with pytest.raises(ExportError) as caught:
             optax_source(rule)

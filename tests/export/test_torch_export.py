@@ -17,7 +17,10 @@ rd, buffers that copy one another, the regressions the differential tests found)
 gradients with zeros, infinities and nans; the rules of the language's later constructs
 (helpers.CONSTRUCTS: comparisons, where, lerp, reductions, rows and columns,
 newton_schulz, lr and the tensor facts, switches, number buffers; 40 steps, and at every
-scale for 100 behind the slow mark); maximize; 40 random rules of the search space in
+scale for 100 behind the slow mark); the later constructs (helpers.LATER: reductions over
+every parameter of both groups, w = expr, from values, the shorthand; 40 steps); views
+(eval() and train() against nos.Optimizer's, a step refused in between, a state dict
+saved in the evaluation view); maximize; 40 random rules of the search space in
 the normal run and 200 behind the slow mark, and 12 (200) of the space with the tensor
 constructs (the slow ones to TOLERANCE or, for a rule that multiplies a rounding, as
 nos.Optimizer agrees with itself: check_conditioned).  Buffers compare by type (a number
@@ -41,6 +44,7 @@ from nos.export.plan import ExportError
 from nos.export.torch_module import torch_source
 from tests.export.helpers import (
     CONSTRUCTS,
+    LATER,
     TENSOR_SPACES,
     check_agree,
     gradient,
@@ -262,6 +266,74 @@ def test_the_new_constructs_at_every_scale_for_longer(tmp_path):
                 check_rule(rule, tmp_path, 100 * (k + 1) + index, special=special, scale=scale)
 
 
+@pytest.mark.parametrize("index", range(len(LATER)))
+def test_the_later_constructs_hold_on_special_values(index, tmp_path):
+    """Reductions over every parameter of both groups (the module's step runs every
+    tensor's step side by side), w = expr, from values and the shorthand."""
+    check_rule(LATER[index], tmp_path, index, special=True, steps=CONSTRUCT_STEPS)
+
+
+VIEWS = [
+    "state z = z - lr * g from w\nstate x = lerp(x, z, 1 / t) from w\nw = lerp(z, x, 0.9)\n"
+    "eval_w = x",
+    "schedulefree_adamw",  # with train_w
+    # a rule of rows and columns: vectors seen as columns, buffers of the 2-D view
+    "state r = lerp(r, colmean(g^2), 0.1)\nupdate = g / sqrt(r + 1)\neval_w = w + colmean(w) - r",
+    # a where on a param in a view: decided as the step's, reading only what is kept
+    "param p = 0 in [0, 1]\nstate s = where(p, s + g, 0)\nupdate = where(p, s, g)\n"
+    "eval_w = where(p, s, w * ndim) + where(rows > cols, w, t * lr)",
+]
+
+
+@pytest.mark.parametrize("rule", VIEWS, ids=range(len(VIEWS)))
+def test_views_are_nos_optimizers_eval_and_train(rule, tmp_path):
+    """eval() and train() give nos.Optimizer's parameters (and state: the training value
+    kept while eval() shows another, without train_w); a step is refused in between; a
+    state dict saved in the evaluation view is loaded and train() goes back from it."""
+    parsed = nos.parse(nos.baselines()[rule].text) if rule in nos.baselines() else nos.parse(rule)
+    cls = exported_class(rule, tmp_path, "views")
+    rng = np.random.default_rng(3)
+    start = [[rng.standard_normal(shape) for shape in group] for group in SHAPES]
+    ours, theirs = ([[torch.tensor(x) for x in group] for group in start] for _ in range(2))
+    group1 = {"lr": 0.005, **other_values(parsed)}
+
+    def groups(params):
+        return [{"params": params[0]}, {"params": params[1], **group1}]
+
+    kwargs = keywords(parsed)
+    exported, reference = cls(groups(ours), **kwargs), nos.Optimizer(groups(theirs), rule,
+                                                                     **kwargs)
+    flat_ours, flat_theirs = sum(ours, []), sum(theirs, [])
+
+    def agree(what: str) -> None:
+        for i, (a, b) in enumerate(zip(flat_ours, flat_theirs)):
+            check_agree(a.numpy(), b.numpy(), np.abs(b.numpy()), f"{what}, tensor {i}")
+            assert set(exported.state[a]) == set(reference.state[b]), what
+
+    for k in range(8):
+        for i, (a, b) in enumerate(zip(flat_ours, flat_theirs)):
+            a.grad = b.grad = None if (i == SKIPPING and k == 2) else \
+                torch.tensor(rng.standard_normal(tuple(a.shape)))
+        exported.step()
+        reference.step()
+    agree("after the steps")
+    exported.eval()
+    reference.eval()
+    agree("after eval()")
+    for opt in (exported, reference):
+        with pytest.raises(RuntimeError, match=r"call optimizer.train\(\) before step\(\)"):
+            opt.step()
+    exported = reloaded(exported, cls, groups(ours), kwargs)
+    exported.train()
+    reference.train()
+    agree("after train()")
+    for a, b in zip(flat_ours, flat_theirs):
+        a.grad = b.grad = torch.ones_like(a)
+    exported.step()
+    reference.step()
+    agree("a step after train()")
+
+
 @pytest.mark.parametrize("rule", [
     "adam", "lion", "param flag = 0 in [0, 1]\nstate s = where(flag, s + g, 0)\n"
     "update = where(flag, s, sign(g)) + lr * ndim * g",
@@ -442,6 +514,10 @@ def test_unexportable_rules_and_names_are_refused():
     with pytest.raises(ExportError, match=r"a random draw \(noise, annealed_noise, drop\) in a "
                        "branch of a where on params alone is not exported"):
         torch_source("param flag = 1 in [0, 1]\nupdate = where(flag, noise, g)")
+    with pytest.raises(ExportError, match=r"a random draw \(noise, annealed_noise, drop\) in a "
+                       r"rule with reductions over every parameter \(gsum, gnorm, clip_gnorm, "
+                       r"...\) is not exported"):
+        torch_source("g / gnorm(g) + drop(g, 0.5)")
     many = "".join(f"param p{i} = 0 in [0, 1]\n" for i in range(9))
     with pytest.raises(ExportError, match="9 conditions of where on params alone"):
         torch_source(many + "update = " + " + ".join(f"where(p{i}, g, w)" for i in range(9)))

@@ -11,10 +11,12 @@ parameters are compared after every step (tests/export/helpers.py: scaled error 
 to both (8 in the normal run, every such rule of the 200 behind the slow mark; of the
 space with the tensor constructs 6, and every such rule of 200 behind the slow mark), and
 so do the rules of helpers.CONSTRUCTS, with special values (30 steps; 50, with and without
-special values, behind the slow mark, with the torch tests' semantics rules).
-newton_schulz in float32 and bfloat16 is compared call by call.  Random rules draw from
-jax.random, not torch's generator: their samples are checked for shape, dtype and
-distribution instead.
+special values, behind the slow mark, with the torch tests' semantics rules), and so
+do the rules of helpers.LATER (reductions over every leaf, w = expr, from values, the
+shorthand: with special values and on the small model, 30 steps); a rule with views
+(schedulefree_adamw among the named rules) is refused.  newton_schulz in float32 and
+bfloat16 is compared call by call.  Random rules draw from jax.random, not torch's
+generator: their samples are checked for shape, dtype and distribution instead.
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ may be changed between steps (one value per tensor).
 
 ``step_size`` after each step is ``|lr|`` times the magnitude of the update's
 additive parts (``|a| + |b|`` for ``a - b``, through sums, negations and
-products, and through ``sum``, ``mean``, ``rowmean`` and ``colmean``):
+products, and through ``sum``, ``mean``, ``rowmean`` and ``colmean``; for ``w =
+expr``, the magnitude of expr's parts):
 executors may apply the parts of a sum as separate steps on the parameter, each
 rounded at its own size, so the differential test allows rounding errors of
 that size.  Three knobs exist for the test's self-checks, not for the language:

@@ -1747,6 +1747,20 @@ def test_views_are_what_eval_and_train_give(text):
         assert problem is None, f"{label}: {problem}"
 
 
+@pytest.mark.parametrize("name", ["prodigy", "schedulefree_adamw", "yellowfin"])
+def test_named_rules_of_the_later_constructs(name):
+    """Prodigy (gsum, from values, w = ...), Schedule-Free (from values, w = ..., views) and
+    YellowFin (clip_gnorm, gsum, windows of 20): every executor as the interpreter reads
+    them, views included.  (YellowFin's reference moves by 1e-13 at extended precision --
+    logs and exps of curvature extremes -- so no stability check; the executors agree to
+    1e-12.)"""
+    if name not in nos.baselines():
+        pytest.skip(f"no named rule {name}")
+    case = Case(nos.baselines()[name].text, (GroupSpec(0.1, {}), GroupSpec(0.05, {})), 4,
+                seed=5)
+    check_case(case, RUNS)
+
+
 def test_a_step_in_the_evaluation_view_is_refused():
     w = torch.ones(3, dtype=torch.float64)
     opt = nos.Optimizer([w], SCHEDULE_FREE, lr=0.1)

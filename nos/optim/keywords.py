@@ -51,8 +51,9 @@ WHOLE = frozenset({"ns_steps"})
 # (rule, keyword) -> why the named rule cannot follow the reference there: the keyword is
 # a param of the rule with its default the only value accepted.  (rule, keyword, value)
 # for a named choice the rule cannot take.
-_GLOBAL_NORM = ("it scales every gradient by the norm of all the optimizer's gradients, "
-                "and a rule reads one tensor at a time")
+_GLOBAL_NORM = ("clipping by the norm of all the optimizer's gradients is not written in this "
+                "rule (the language's clip_gnorm could: prodigy and yellowfin read every "
+                "parameter)")
 _WINDOW = "the window of running extrema is 20 steps long in the rule's text"
 REFUSED: dict[tuple, str] = {
     ("prodigy", "fsdp_in_use"): "nos reduces over every parameter it steps itself; a "

@@ -351,11 +351,7 @@ class Optimizer(torch.optim.Optimizer):
                 state["step"] = 1
 
     def _key(self, hyper: dict[str, float], facts: dict[str, float] | None) -> tuple:
-        """What a group's program is compiled for: its zero params and its switches (none
-        for a rule with global reductions: every group runs one program, so that each
-        reduction reads every parameter)."""
-        if self.program.crosses:
-            return frozenset(), ()
+        """What a group's program is compiled for: its zero params and its switches."""
         zeros = frozenset(name for name, value in hyper.items() if value == 0)
         fixed = tuple((name, float(hyper[name])) for name in self._switch_params
                       if name not in zeros)
@@ -496,30 +492,38 @@ class Optimizer(torch.optim.Optimizer):
             if key is not None:
                 self._specialised(key)
             work.append((group, hyper, params, key))
-        jobs = []
+        found = []
         for group, hyper, params, group_key in work:
-            lr = group["lr"]
-            lr = lr if isinstance(lr, torch.Tensor) else float(lr)
             for (_, _, t, facts, numbers), (ps, gs, states) in \
                     self._buckets(params, hyper).items():
                 facts = dict(zip(self._facts, facts, strict=True))
-                key = group_key or self._key(hyper, facts)
-                program = self._specialised(key)
-                buffers = self._buffers(program, ps, states, hyper)
-                if group["maximize"]:
-                    gs = torch._foreach_neg(gs)
-                if program.viewed:
-                    ps, gs = [matrix_view(p) for p in ps], [matrix_view(g) for g in gs]
-                numbers = dict(zip(self.program.scalar_state, numbers, strict=True))
-                bucket = Bucket(ps, gs, buffers, hyper, lr, t, self.total_steps, facts,
-                                numbers)
-                jobs.append((program, bucket, key, states))
-        if self.program.crosses:
+                found.append((group, hyper, t, facts, numbers, ps, gs, states,
+                              group_key or self._key(hyper, facts)))
+        if self.program.crosses and len({f[-1] for f in found}) > 1:
+            # A global reduction reads every parameter, so every bucket runs one program:
+            # the groups' own if they agree, else the rule's (both branches of a switch).
+            found = [f[:-1] + ((frozenset(), ()),) for f in found]
+        jobs = []
+        for group, hyper, t, facts, numbers, ps, gs, states, key in found:
+            lr = group["lr"]
+            lr = lr if isinstance(lr, torch.Tensor) else float(lr)
+            program = self._specialised(key)
+            buffers = self._buffers(program, ps, states, hyper)
+            if group["maximize"]:
+                gs = torch._foreach_neg(gs)
+            if program.viewed:
+                ps, gs = [matrix_view(p) for p in ps], [matrix_view(g) for g in gs]
+            numbers = dict(zip(self.program.scalar_state, numbers, strict=True))
+            bucket = Bucket(ps, gs, buffers, hyper, lr, t, self.total_steps, facts,
+                            numbers)
+            jobs.append((program, bucket, key, states))
+        crosses = bool(jobs) and jobs[0][0].crosses  # then every job runs that program
+        if crosses:
             self._joined(jobs)
         for program, bucket, key, states in jobs:
             if self.fused:
                 self._fused_step(key)(bucket)
-            elif not self.program.crosses:  # else stepped by _joined
+            elif not crosses:  # else stepped by _joined
                 self._executor(bucket.params)(program, bucket, self._generator)
             for name, tensors in bucket.buffers.items():
                 for state, tensor in zip(states, tensors, strict=False):

@@ -225,3 +225,24 @@ def test_keywords_the_rules_cannot_follow_are_refused_in_one_line(name, keywords
 def test_fused_refuses_global_reductions():
     with pytest.raises(ValueError, match="fused=True does not support reductions over all"):
         nos.Optimizer([torch.zeros(3, requires_grad=True)], "prodigy", fused=True)
+
+
+def test_a_switched_off_global_reduction_costs_nothing_and_groups_that_differ_share_one():
+    """A group whose switch turns a global reduction off runs a program without it (no
+    stage, no join); groups that differ all run the rule's program, and the reduction reads
+    every group's parameters, the other groups' included."""
+    rule = "param c = 0 in [0, inf)\nupdate = where(c > 0, clip_gnorm(g, c), g)"
+    a, b = torch.ones(3, requires_grad=True), torch.ones(4, requires_grad=True)
+    opt = nos.Optimizer([a, b], rule, lr=1.0)
+    a.grad, b.grad = torch.full((3,), 2.0), torch.full((4,), 2.0)
+    opt.step()
+    assert not opt._programs[next(iter(opt._programs))].crosses
+    assert torch.equal(a.detach(), torch.full((3,), -1.0))
+
+    a, b = torch.ones(3, requires_grad=True), torch.ones(4, requires_grad=True)
+    opt = nos.Optimizer([{"params": [a]}, {"params": [b], "c": 1.0}], rule, lr=1.0)
+    a.grad, b.grad = torch.full((3,), 2.0), torch.full((4,), 2.0)
+    opt.step()
+    norm = math.sqrt(7 * 4.0)  # every gradient of both groups
+    assert torch.equal(a.detach(), torch.full((3,), -1.0))
+    assert torch.allclose(b.detach(), 1 - torch.full((4,), 2.0) / (norm + 1e-6))

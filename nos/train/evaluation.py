@@ -150,6 +150,7 @@ def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: fl
         total, schedule = plan.updates, None
     opt = Optimizer(model.parameters(), rule, lr=lr, total_steps=total, seed=seed,
                     **(hyper or {}))
+    views = callable(getattr(opt, "eval", None))  # nos.Optimizer's eval() and train()
     scheduler = None
     if schedule is not None:
         from nos.optim.schedules import from_config
@@ -207,12 +208,16 @@ def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: fl
         if not all(torch.isfinite(p).all() for p in model.parameters()):
             raise _Stop("diverged", f"parameters became non-finite by step {step}")
         run.loss_curve.append(loss_sum / max(loss_n, 1))
+        if views:  # the rule's evaluation point (Schedule-Free's average); the model ends there
+            opt.eval()
         run.val_curve.append(_val_reward(task, model, data))
         if bar is not None:
             bar.update(loss_n)
             bar.set_postfix(loss=f"{run.loss_curve[-1]:.3f}", val=f"{run.val_curve[-1]:.3f}")
         if stop_below is not None and step < total:  # never on the run's last epoch
             _stop_if_below(stop_below, run, step)
+        if views and step < total:
+            opt.train()
     if bar is not None:
         bar.close()
     run.steps = step

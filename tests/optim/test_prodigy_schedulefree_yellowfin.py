@@ -246,3 +246,16 @@ def test_a_switched_off_global_reduction_costs_nothing_and_groups_that_differ_sh
     norm = math.sqrt(7 * 4.0)  # every gradient of both groups
     assert torch.equal(a.detach(), torch.full((3,), -1.0))
     assert torch.allclose(b.detach(), 1 - torch.full((4,), 2.0) / (norm + 1e-6))
+
+
+def test_children_are_validated_at_the_rules_evaluation_view():
+    """nos.evaluate validates at eval_w (Schedule-Free's average) and trains on at w: with
+    an evaluation view of all zeros every validation sees one constant prediction, while the
+    training loss still falls."""
+    from nos.train.evaluation import evaluate
+
+    rule = "w = w - lr * g\neval_w = 0 * w"
+    result = evaluate(rule, task="mnist1d", epochs=2, lr=0.1, lr_grid=None, seed=0)
+    assert result.status == "ok"
+    assert result.loss_curve[1] < result.loss_curve[0]
+    assert result.val_curve[0] == result.val_curve[1] < 0.2  # one class for every input

@@ -144,6 +144,18 @@ class Optimizer(torch.optim.Optimizer):
     read ``lr`` themselves (Rprop, ASGD, Adafactor).
     """
 
+    def __new__(cls, params: Iterable = (), rule: Rule | str = "adam", *args: Any,
+                **kwargs: Any) -> Any:
+        """A learned optimizer's checkpoint (a path ending in ``.pt``, written by ``nos
+        learn``) gives a :class:`nos.learned.LearnedOptimizer`; anything else a rule's."""
+        from nos.learned.checkpoint import is_checkpoint_path
+
+        if cls is Optimizer and is_checkpoint_path(rule):
+            from nos.learned.optimizer import LearnedOptimizer
+
+            return LearnedOptimizer(params, rule, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(
         self,
         params: Iterable,

@@ -183,3 +183,20 @@ def test_a_pickled_optimizer_keeps_its_network(checkpoint):
     assert training == {"task": "blobs", "seed": 3, "meta_steps": 0}
     assert all(torch.equal(a, b) for a, b in zip(clone.network.state_dict().values(),
                                                   network.state_dict().values()))
+
+
+def test_a_scheduler_sets_the_rate_of_the_next_step(network):
+    def run(schedule: bool) -> torch.Tensor:
+        w = torch.nn.Parameter(torch.zeros(3))
+        opt = LearnedOptimizer([w], network, lr=1.0)
+        scheduler = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+        for step in range(3):
+            if not schedule:
+                opt.param_groups[0]["lr"] = 0.5 ** step
+            w.grad = torch.tensor([1.0, -0.5, 0.01]) * (step + 1)
+            opt.step()
+            if schedule:
+                scheduler.step()
+        return w.detach()
+
+    assert torch.equal(run(schedule=True), run(schedule=False))

@@ -572,8 +572,9 @@ def cmd_learn(args: argparse.Namespace) -> int:
         print(json.dumps({"out": args.out, "training": record}))
         return 0
     print(f"learned optimizer written to {args.out}")
+    children = f"{result.episodes} child{'ren' if result.episodes != 1 else ''}"
     print(f"task       {result.task}: {len(result.losses)} meta-steps of {settings.unroll} "
-          f"steps, {result.episodes} children of {settings.episode_steps} steps"
+          f"steps, {children} of {settings.episode_steps} steps"
           + (f", {result.skipped} unrolls skipped (loss not finite)" if result.skipped else ""))
     if result.losses:
         print(f"meta-loss  {record['meta_loss_first']:.4f} (first tenth) -> "

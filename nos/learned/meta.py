@@ -179,12 +179,13 @@ def meta_train(task: Task, settings: MetaSettings | None = None, *,
         architecture: the LSTM's sizes (the paper's: 2 layers of 20).
 
     Raises:
-        ValueError: a setting out of range, before any training.
+        ValueError: a setting out of range or a device that is not here, before any
+            training.
     """
     settings = settings or MetaSettings()
     settings.check()
     start = time.monotonic()
-    device = torch.device(device) if device is not None else default_device()
+    device = check_device(device)
     torch.manual_seed(settings.seed)
     network = CoordinateLSTM(architecture).to(device)
     meta_opt = torch.optim.Adam(network.parameters(), lr=settings.meta_lr)
@@ -221,6 +222,19 @@ def meta_train(task: Task, settings: MetaSettings | None = None, *,
     network.eval().requires_grad_(False)
     result.seconds = time.monotonic() - start
     return result
+
+
+def check_device(device: str | torch.device | None) -> torch.device:
+    """The device named (the default device if None); ValueError if there is none such."""
+    if device is None:
+        return default_device()
+    try:
+        found = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r}: {str(err).splitlines()[0]}") from None
+    if found.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this torch has no CUDA device")
+    return found
 
 
 def _progress_bar(total: int, name: str):

@@ -86,6 +86,7 @@ def test_nos_learn_then_nos_eval_on_the_command_line(tmp_path):
     (["--out", "x.pt", "--meta-steps", "0"], "--meta-steps"),
     (["--out", "x.pt", "--meta-lr", "-1"], "--meta-lr"),
     (["--out", "missing/x.pt"], "not a writable directory"),
+    (["--out", "x.pt", "--device", "abacus"], "unknown device 'abacus'"),
     ([], "--out"),
 ])
 def test_nos_learn_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys, args, message):

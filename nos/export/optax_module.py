@@ -432,7 +432,7 @@ def optax_source(rule: Rule | str, name: str | None = None, lr: float | None = N
     if plan.views:
         raise ExportError(f"the views ({', '.join(plan.views)}) are not exported to optax, "
                           f"which has no evaluation mode; export the rule to torch "
-                          f"(eval() and train())")
+                          f"(its eval and train methods)")
     name = name or (source.baseline.name if source.baseline else "exported_rule")
     state = "".join(p[:1].upper() + p[1:] for p in name.split("_") if p) + "State"
     name = check_identifier(name, MODULE_NAMES | {state})

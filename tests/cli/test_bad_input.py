@@ -146,7 +146,7 @@ def test_malformed_config_is_named_and_changes_nothing(tmp_path, text, words):
     (["eval", "g", "--task", "cifar10", "--data-dir", "nowhere"], "nowhere"),
     (["baselines", "--names", "adam,adma"], "unknown baseline 'adma'"),
     (["inspect", "nowhere"], "nowhere"),
-    (["parse", "update = g; update = m"], "repeated 'update'"),
+    (["parse", "update = g; update = m"], "a rule has one 'update = ...' or 'w = ...'"),
 ])
 def test_command_line_errors_exit_2(tmp_path, args, words):
     before = snapshot(tmp_path)
@@ -286,7 +286,8 @@ def test_search_into_an_unwritable_place_exits_2(tmp_path):
 
 
 def test_the_package_never_calls_eval_or_exec_or_bare_pickle_load():
-    pattern = re.compile(r"(^|[^_.\w])(eval|exec)\(|pickle\.loads?\(")
+    # a call of the builtins (not a method such as Optimizer.eval, nor ``eval()`` in text)
+    pattern = re.compile(r"(^|[^_.\w`])(?<!def )(eval|exec)\(|pickle\.loads?\(")
     offenders = []
     for folder in ("nos", "controllers", "grammar"):
         for path in (ROOT / folder).rglob("*.py"):

@@ -321,7 +321,7 @@ def test_what_optax_cannot_take_is_refused(tmp_path):
          "alone to be exported to optax"),
         ("state z = z - lr * g from w\nw = lerp(w, z, 0.5)\neval_w = z",
          "the views (eval_w) are not exported to optax, which has no evaluation mode; export "
-         "the rule to torch (eval() and train())"),
+         "the rule to torch (its eval and train methods)"),
     ]:
         with pytest.raises(ExportError) as caught:
             optax_source(rule)

@@ -289,8 +289,8 @@ W = torch.nn.Parameter(torch.zeros(3, 2, dtype=torch.float64))
 
 REFUSED = [  # rule, keywords, the message's start
     ("adan", {"max_grad_norm": 1.0},
-     "Invalid max_grad_norm: 1.0 is not supported for rule adan (it scales every gradient "
-     "by the norm of all the optimizer's gradients"),
+     "Invalid max_grad_norm: 1.0 is not supported for rule adan (clipping by the norm of "
+     "all the optimizer's gradients"),
     ("adan", {"use_gc": True}, "Invalid use_gc: True is not supported for rule adan "
                                "(gradient centralization"),
     ("lamb", {"pre_norm": True}, "Invalid pre_norm: True is not supported for rule lamb"),

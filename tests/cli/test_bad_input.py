@@ -62,16 +62,17 @@ def test_pathological_texts_are_refused_quickly():
             nos.parse(text)
 
 
-def test_ten_thousand_random_token_lists_compile_or_get_a_status():
+@pytest.mark.parametrize("count", [4_000, pytest.param(10_000, marks=pytest.mark.slow)])
+def test_random_token_lists_compile_or_get_a_status(count):
     space = Space()
     rng = np.random.default_rng(1)
     statuses: dict[str, int] = {}
-    for _ in range(10_000):
+    for _ in range(count):
         tokens = space.sample(rng)
         result = fingerprint(space.to_text(tokens))
         statuses[result.status] = statuses.get(result.status, 0) + 1
-    assert sum(statuses.values()) == 10_000
-    assert set(statuses) <= {"ok", "invalid", "degenerate"} and statuses["ok"] > 5_000
+    assert sum(statuses.values()) == count
+    assert set(statuses) <= {"ok", "invalid", "degenerate"} and statuses["ok"] > count // 2
 
 
 # --- the command line ---------------------------------------------------------------

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from nos.analysis.ablation import AblationCurve, ablation_curve
 from nos.analysis.sharpness import epsilon_sharpness, top_eigenvalue
 from nos.optim.optimizer import resolve
-from nos.train.evaluation import EvalResult, evaluate, train_child
+from nos.train.evaluation import EvalResult, evaluate, metric_and_loss, train_child
 from nos.train.settings import check_schedule
 from nos.train.tasks import Task, TaskData, get_task, reward
 
@@ -90,19 +90,12 @@ class Measured:
 def split_metric(task: Task, model: nn.Module, x: Tensor, y: Tensor,
                  batch: int = 1024) -> tuple[float, float]:
     """The task's metric over a whole split (sum over batches / count) and its mean loss,
-    with the model in eval mode."""
+    as nos.evaluate computes them (in eval mode); the model's mode is kept."""
     was_training = model.training
-    model.eval()
-    total, count, loss_sum = 0.0, 0, 0.0
-    with torch.no_grad():
-        for i in range(0, len(x), batch):
-            out = model(x[i:i + batch])
-            n = task.count(y[i:i + batch])
-            loss_sum += float(task.loss(out, y[i:i + batch])) * n
-            total += float(task.metric(out, y[i:i + batch]))
-            count += n
-    model.train(was_training)
-    return total / max(count, 1), loss_sum / max(count, 1)
+    try:
+        return metric_and_loss(task, model, x, y, batch)
+    finally:
+        model.train(was_training)
 
 
 def measure(task: Task, model: nn.Module, data: TaskData,

@@ -108,7 +108,7 @@ class _Run:
     phases: list[dict] = field(default_factory=list)
 
 
-def _metric_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+def metric_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      batch: int = 1024, probs: list | None = None) -> tuple[float, float]:
     """The task's metric (sum over batches / count) and mean loss; with ``probs``, the
     softmax outputs (for ensembles) are appended to it."""
@@ -128,7 +128,7 @@ def _metric_and_loss(task: Task, model: torch.nn.Module, x: torch.Tensor, y: tor
 
 
 def _val_reward(task: Task, model: torch.nn.Module, data: TaskData) -> float:
-    return reward(task, _metric_and_loss(task, model, data.val_x, data.val_y)[0])
+    return reward(task, metric_and_loss(task, model, data.val_x, data.val_y)[0])
 
 
 def train_child(rule: Rule, task: Task, data: TaskData, *, lr: float, epochs: float, seed: int,
@@ -467,8 +467,8 @@ def _search_lr_batched(rule: Rule, task: Task, data: TaskData, grid: Sequence[fl
 
 
 def _score(task: Task, data: TaskData, run: _Run, result: EvalResult) -> None:
-    metric, loss = _metric_and_loss(task, run.model, data.val_x, data.val_y)
-    test = _metric_and_loss(task, run.model, data.test_x, data.test_y)[0]
+    metric, loss = metric_and_loss(task, run.model, data.val_x, data.val_y)
+    test = metric_and_loss(task, run.model, data.test_x, data.test_y)[0]
     result.val_metric, result.test_metric, result.val_loss = metric, test, loss
     if result.metric == "accuracy":
         result.val_accuracy, result.test_accuracy = metric, test
@@ -481,7 +481,7 @@ def _score(task: Task, data: TaskData, run: _Run, result: EvalResult) -> None:
         for state in run.snapshots:
             run.model.load_state_dict(state)
             snap_probs: list[torch.Tensor] = []
-            snap_acc, _ = _metric_and_loss(task, run.model, data.val_x, data.val_y,
+            snap_acc, _ = metric_and_loss(task, run.model, data.val_x, data.val_y,
                                            probs=snap_probs)
             result.snapshot_accuracies.append(snap_acc)
             probs.append(torch.cat(snap_probs))

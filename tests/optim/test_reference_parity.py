@@ -29,6 +29,7 @@ from pytorch_optimizer import LARS, MARS, AdaBelief, Adan, AdEMAMix, Lamb
 
 import nos
 from nos.optim.keywords import CHOICES
+from tests.optim.conftest import make_params
 
 ORACLES: dict[str, type] = {"lion": Lion, "adan": Adan, "lamb": Lamb, "lars": LARS,
                             "adabelief": AdaBelief, "ademamix": AdEMAMix, "mars": MARS}
@@ -90,22 +91,10 @@ CASE_IDS = [f"{name}-{'-'.join(kwargs) or 'defaults'}-{i}"
             for i, (name, kwargs) in enumerate(CASES)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors are tiny: a second thread only waits on the first."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/optim/conftest.py
 
 
 # --- the runs -----------------------------------------------------------------------------
-
-def make_params(shapes, seed: int = 1) -> list[torch.nn.Parameter]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64))
-            for s in shapes]
-
 
 def set_grads(params, step: int) -> None:
     """Step ``step``'s gradients: seeded noise plus tanh(w) + 0.1 w."""

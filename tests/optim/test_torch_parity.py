@@ -23,6 +23,7 @@ import torch
 from torch.optim import lr_scheduler
 
 import nos
+from tests.optim.conftest import make_params
 
 NAMES = ("SGD", "Adam", "AdamW", "Adamax", "Adagrad", "Adadelta", "RMSprop", "Rprop", "ASGD",
          "NAdam", "RAdam", "Adafactor", "Muon")
@@ -61,20 +62,7 @@ INPUT_IDS = [_id(cls, desc) for cls, desc, _ in TORCH_INPUTS]
 
 # --- the runs ---------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tensors are tiny: a second thread only waits on the first (and on a busy
-    machine, Muon's bfloat16 matrix products run ten times slower with two)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def make_params(shapes, seed: int = 1) -> list[torch.nn.Parameter]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=gen, dtype=torch.float64))
-            for s in shapes]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/optim/conftest.py
 
 
 def set_grads(params, step: int) -> None:
